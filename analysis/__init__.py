@@ -1,0 +1,1 @@
+"""Pure dataflow analysis: placeholders, the session DAG, objectives, prefixes."""

@@ -1,0 +1,119 @@
+"""One typed settings object, read once at the entry point.
+
+Precedence (highest first): CLI flags, ``PARROT_<NAME>`` environment variables,
+the ``--config`` file (YAML, TOML or JSON), then the defaults below. The Helm
+chart's ConfigMap uses exactly these field names.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+ENV_PREFIX = "PARROT_"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    # network
+    host: str = Field("127.0.0.1", description="Address to bind.")
+    port: int = Field(8000, ge=0, le=65535, description="Port to bind (0 picks a free one).")
+    # engines
+    backend: list[str] = Field(
+        default_factory=list, description="Engine base URLs; empty starts simulated engines."
+    )
+    backend_kind: Literal["sglang", "openai"] = Field("sglang", description="Engine API kind.")
+    sim_engines: int = Field(2, ge=1, le=64, description="Simulated engines when no backend.")
+    sim_profile: str = Field("h100-llama3-8b", description="Cost profile of simulated engines.")
+    sim_time_scale: float = Field(1.0, gt=0, description="Wall-time factor of simulated engines.")
+    # state
+    redis: str | None = Field(None, description="Redis URL; empty starts an embedded redis-server.")
+    redis_appendonly: bool = Field(False, description="Embedded Redis: AOF persistence on.")
+    redis_dir: str | None = Field(None, description="Embedded Redis: data directory.")
+    # auth
+    api_keys: str | None = Field(None, description="Path of the API-keys file (JSON or YAML).")
+    config: str | None = Field(None, description="Path of a settings file (YAML, TOML, JSON).")
+    # limits
+    max_body_bytes: int = Field(8 << 20, gt=0, description="Largest request body accepted.")
+    max_messages: int = Field(2048, gt=0, description="Most messages in one chat request.")
+    max_placeholders: int = Field(256, gt=0, description="Most placeholders in one request.")
+    max_variables_per_session: int = Field(10000, gt=0, description="Variables per session.")
+    max_value_bytes: int = Field(1 << 20, gt=0, description="Largest variable value.")
+    session_ttl_s: int = Field(3600, gt=0, description="TTL of session state in Redis.")
+    default_timeout_s: float = Field(600.0, gt=0, description="Default session deadline.")
+    max_wait_s: float = Field(60.0, gt=0, description="Longest long-poll wait.")
+    # engine calls
+    engine_connect_timeout_s: float = Field(5.0, gt=0, description="Engine connect timeout.")
+    engine_timeout_s: float = Field(600.0, gt=0, description="Engine read timeout.")
+    health_interval_s: float = Field(2.0, gt=0, description="Engine health-check period.")
+    max_inflight_per_engine: int | None = Field(
+        None, description="Cap on in-flight requests per engine (default: engine's capacity)."
+    )
+    retry_budget: int = Field(2, ge=0, description="Retries on another engine before first token.")
+    breaker_failures: int = Field(3, ge=1, description="Failures that open an engine's breaker.")
+    breaker_reset_s: float = Field(5.0, gt=0, description="Open-breaker cool-down.")
+    # scheduling
+    prefix_block_tokens: int = Field(32, ge=1, description="Token block size for prefix hashing.")
+    warmup_min_tokens: int = Field(256, ge=1, description="Shared-prefix size that triggers warm-up.")
+    balance_abs_threshold: int = Field(32, ge=0, description="In-flight gap that overrides affinity.")
+    balance_rel_threshold: float = Field(1.5, ge=1.0, description="Load ratio that overrides affinity.")
+    # lifecycle
+    drain_timeout_s: float = Field(30.0, ge=0, description="Grace period on SIGTERM.")
+    log_level: str = Field("info", description="Log level.")
+
+    @field_validator("backend", mode="before")
+    @classmethod
+    def _split_backends(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [u.strip() for u in v.replace(",", " ").split() if u.strip()]
+        return v
+
+    @classmethod
+    def load(
+        cls, overrides: dict[str, Any] | None = None, env: dict[str, str] | None = None
+    ) -> Settings:
+        """Merge config file < env < overrides (CLI flags; None means 'not given')."""
+        env = dict(os.environ if env is None else env)
+        given = {k: v for k, v in (overrides or {}).items() if v is not None and v != []}
+        env_values = _from_env(env)
+        config_path = given.get("config") or env_values.get("config")
+        data: dict[str, Any] = {}
+        if config_path:
+            data.update(read_config_file(Path(config_path)))
+        data.update(env_values)
+        data.update(given)
+        return cls(**data)
+
+
+def _from_env(env: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            out[name] = raw
+    return out
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    text = path.read_text()
+    if path.suffix == ".toml":
+        data = tomllib.loads(text)
+    elif path.suffix == ".json":
+        data = json.loads(text)
+    else:
+        data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of settings")
+    return {k.replace("-", "_"): v for k, v in data.items()}
