@@ -229,10 +229,25 @@ def test_production_values_reach_the_settings_file(chart: Any) -> None:
     assert settings["log_level"] == "warning"
 
 
-@pytest.mark.parametrize("managed", ["backend", "redis", "api_keys", "host", "config"])
+MANAGED_SETTINGS = {"host", "backend", "redis", "api_keys", "config"}
+
+
+@pytest.mark.parametrize("managed", sorted(MANAGED_SETTINGS))
 def test_chart_managed_settings_are_refused(chart: Any, managed: str) -> None:
-    with pytest.raises(helm.HelmRenderError, match=f"gateway.{managed}"):
+    with pytest.raises(helm.HelmValuesError, match=managed):
         render(chart, {"gateway": {managed: "x"}})
+
+
+def test_values_schema_tracks_the_settings_object(chart: Any) -> None:
+    """values.schema.json lists every Settings field the chart does not set itself."""
+    gateway_schema = chart.schema["properties"]["gateway"]
+    assert gateway_schema["additionalProperties"] is False
+    assert set(gateway_schema["properties"]) == set(Settings.model_fields) - MANAGED_SETTINGS
+    with pytest.raises(helm.HelmValuesError, match="prot"):
+        render(chart, {"gateway": {"prot": 8000}})  # a typo is an install-time error
+    with pytest.raises(helm.HelmValuesError, match="port"):
+        render(chart, {"gateway": {"port": 70000}})
+    render(chart, {"gateway": {"max_inflight_per_engine": 64, "sim_engines": 3}})
 
 
 @pytest.mark.parametrize("drain", [None, 0, 30, 90.5, 600])
