@@ -1,0 +1,583 @@
+"""Application-aware scheduling policy (pure): events in, dispatch decisions out.
+
+The gateway keeps the queue; each engine gets a bounded number of requests
+so the order stays ours to choose. ``Scheduler.schedule(now)`` drains the
+fair queue (latency class first, weighted fair between tenants, aging for
+throughput work) and places every job it can:
+
+- a job whose prompt shares a cached prefix of at least
+  ``affinity_min_tokens`` goes to an engine holding it, unless that engine
+  is loaded beyond both balance thresholds compared with the least-loaded
+  one; otherwise it goes to the engine with the least outstanding work;
+- the siblings of a task group leave together, longest first, each on the
+  engine where it would finish earliest (outstanding work plus its own
+  uncached prefill and decode), which spreads them and still honours a
+  shared cached prefix;
+- a job whose chosen engine is still computing (``pending``) a shared prefix
+  of at least ``warmup_min_tokens`` is held as a follower of the job
+  computing it (the leader) and re-queued when the leader's prefill is done,
+  fails, is cancelled, or ``warmup_timeout_s`` passes; followers reserve
+  slots on that engine, so once they fill it the next job becomes a leader
+  elsewhere and each engine prefills the prefix about once.
+
+``RoundRobinPolicy`` and ``LeastLoadedPolicy`` implement the same interface
+(FIFO, priority 0) as baselines for the benchmarks.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gateway.fair_queue import LATENCY, THROUGHPUT, FairQueue
+from gateway.policy_engines import EngineState, EngineTable
+from gateway.policy_types import Decision, Dispatch, Job, Policy, SchedulerConfig, Warmup
+from gateway.prefix_index import PrefixIndex, block_hashes
+
+__all__ = [
+    "Decision",
+    "Dispatch",
+    "Job",
+    "LeastLoadedPolicy",
+    "Policy",
+    "RoundRobinPolicy",
+    "Scheduler",
+    "SchedulerConfig",
+    "Warmup",
+    "make_scheduler",
+]
+
+_QUEUED, _HELD, _INFLIGHT = "queued", "held", "inflight"
+_MAX_HOLDER_SCAN = 16  # engines of one affinity level examined per job
+
+
+@dataclass
+class _Rec:
+    job: Job
+    hashes: tuple[int, ...]
+    state: str = _QUEUED
+    engine: str | None = None  # in flight: where; held: where the leader runs
+    leader: str | None = None  # held: the job we wait for
+    expected: int = 0
+    work: float = 0.0
+    kv: int = 0
+    pending_leader: bool = False  # in flight and computing a shared prefix
+    prefill_done: bool = False
+    followers: list[str] = field(default_factory=list)
+
+
+class Scheduler:
+    """The parrot policy. See the module docstring for the rules."""
+
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        self.config = cfg = config or SchedulerConfig()
+        self._block = cfg.block_tokens
+        self._engines = EngineTable(cfg.latency_reserve_frac, cfg.external_request_work)
+        self._index = PrefixIndex(cfg.block_tokens)
+        self._queue = FairQueue(cfg.max_wait_s)
+        self._recs: dict[str, _Rec] = {}
+        self._groups: dict[str, dict[str, None]] = {}  # group -> queued member ids
+        self._warmups: deque[tuple[float, str]] = deque()  # (deadline, leader)
+        self._dispatched = 0
+        self._held = 0
+
+    # engines -----------------------------------------------------------------
+    def add_engine(
+        self, engine: str, capacity: int, kv_capacity_tokens: int | None, now: float
+    ) -> None:
+        """Add (or resize) an engine. ``capacity``: requests it may run at once."""
+        cap = capacity
+        if self.config.max_inflight_per_engine is not None:
+            cap = min(cap, self.config.max_inflight_per_engine)
+        self._engines.add(engine, cap, kv_capacity_tokens)
+        if self._index.blocks(engine) == 0:
+            self._index.add_engine(
+                engine, kv_capacity_tokens or self.config.default_kv_capacity_tokens
+            )
+
+    def remove_engine(self, engine: str, now: float) -> list[str]:
+        """Forget an engine; returns the ids of jobs in flight there (now dropped)."""
+        e = self._engines.remove(engine)
+        self._index.remove_engine(engine)
+        if e is None:
+            return []
+        lost = sorted(e.jobs)
+        for jid in lost:
+            rec = self._recs.pop(jid)
+            self._release(rec)
+        return lost
+
+    def set_healthy(self, engine: str, healthy: bool, now: float) -> None:
+        e = self._engines.get(engine)
+        if e is not None and e.healthy != healthy:
+            self._engines.update(e, healthy=healthy)
+
+    def on_load(
+        self, engine: str, num_reqs: int, num_waiting: int, num_tokens: int, now: float
+    ) -> None:
+        """Engine-reported load; requests beyond ours come from other clients."""
+        e = self._engines.get(engine)
+        if e is None:
+            return
+        e.reported_tokens = num_tokens
+        external = max(0, num_reqs + num_waiting - e.inflight)
+        if external != e.external_reqs:
+            self._engines.update(e, external_reqs=external)
+
+    # jobs ----------------------------------------------------------------------
+    def submit(self, job: Job, now: float) -> None:
+        """Queue a ready job. Ids must be unique among live jobs."""
+        if job.id in self._recs:
+            raise ValueError(f"job {job.id!r} already submitted")
+        rec = _Rec(job, block_hashes(job.prompt_tokens, self._block))
+        self._recs[job.id] = rec
+        cost = len(job.prompt_tokens) * self.config.prefill_token_weight + job.max_tokens
+        self._queue.push(job.id, job.tenant, job.weight, cost, job.latency_critical, now)
+        if job.group is not None:
+            self._groups.setdefault(job.group, {})[job.id] = None
+
+    def cancel(self, job_id: str, now: float) -> bool:
+        """Drop a job wherever it is; an in-flight one counts as failed."""
+        rec = self._recs.get(job_id)
+        if rec is None:
+            return False
+        if rec.state == _INFLIGHT:
+            self.on_finish(job_id, now, ok=False)
+            return True
+        if rec.state == _HELD:
+            leader = self._recs.get(rec.leader or "")
+            if leader is not None and job_id in leader.followers:
+                leader.followers.remove(job_id)
+            self._unreserve(rec.engine, 1)
+        self._queue.take(job_id)
+        self._queue.forget(job_id)
+        self._ungroup(rec)
+        del self._recs[job_id]
+        return True
+
+    def on_prefill_done(self, job_id: str, now: float) -> None:
+        """First token seen: a leader's prefix is cached, its followers may go."""
+        rec = self._recs.get(job_id)
+        if rec is None or rec.state != _INFLIGHT or rec.prefill_done:
+            return
+        rec.prefill_done = True
+        if rec.pending_leader:
+            self._index.resolve(rec.engine or "", rec.hashes, job_id)
+        self._release_followers(rec)
+
+    def on_finish(
+        self, job_id: str, now: float, cached_tokens: int | None = None, ok: bool = True
+    ) -> None:
+        """The job ended (or failed); ``cached_tokens`` is the engine's report."""
+        rec = self._recs.get(job_id)
+        if rec is None or rec.state != _INFLIGHT:
+            return
+        del self._recs[job_id]
+        engine = rec.engine or ""
+        if ok or rec.prefill_done:
+            self._release(rec)
+            if cached_tokens is not None:
+                self._index.observe(engine, rec.hashes, cached_tokens, rec.expected)
+        else:
+            self._release(rec, abort=True)
+
+    # decisions -----------------------------------------------------------------
+    def schedule(self, now: float) -> list[Decision]:
+        """Everything that can start now, in dispatch order."""
+        out: list[Decision] = []
+        self._expire_warmups(now)
+        queue = self._queue
+        free = self._engines.free
+        skipped: list[str] = []
+        while free[LATENCY] > 0:
+            jid = queue.pop(now)
+            if jid is None:
+                break
+            cls = queue.cls_of(jid)
+            if free[cls] <= 0:
+                skipped.append(jid)
+                break
+            rec = self._recs[jid]
+            group = rec.job.group
+            if group is not None and len(self._groups.get(group, ())) > 1:
+                skipped.extend(self._place_group(rec, now, out))
+            elif not self._place(rec, cls, now, out, grouped=False):
+                skipped.append(jid)
+            if len(skipped) > self.config.max_skips:
+                break
+        for jid in skipped:
+            queue.requeue(jid)
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        engines = {
+            e.name: {
+                "healthy": e.healthy,
+                "capacity": e.capacity,
+                "throughput_limit": e.thr_limit,
+                "inflight": e.inflight,
+                "reserved": e.reserved,
+                "work": round(e.work, 1),
+                "kv_tokens": e.kv_tokens,
+                "external_reqs": e.external_reqs,
+                "cache_blocks": self._index.blocks(e.name),
+            }
+            for e in self._engines.engines.values()
+        }
+        return {
+            "policy": "parrot",
+            "queued": len(self._queue),
+            "queued_latency": self._queue.class_len(LATENCY),
+            "queued_throughput": self._queue.class_len(THROUGHPUT),
+            "queued_by_tenant": self._queue.tenant_counts(),
+            "held": self._held,
+            "inflight": sum(e.inflight for e in self._engines.engines.values()),
+            "dispatched": self._dispatched,
+            "engines": engines,
+        }
+
+    # placement -----------------------------------------------------------------
+    def _place(self, rec: _Rec, cls: int, now: float, out: list[Decision], grouped: bool) -> bool:
+        """Dispatch or hold ``rec``; False when no engine can take it now."""
+        job = rec.job
+        kv = len(job.prompt_tokens) + job.max_tokens
+        table = self._engines
+        if job.pin_engine is not None:
+            target = table.get(job.pin_engine)
+            if target is None or not target.fits(kv, cls):
+                return False
+        else:
+            avoid = job.avoid
+            if avoid and sum(1 for a in avoid if a in table) >= table.healthy_count():
+                avoid = frozenset()  # nothing else left: a retry beats waiting forever
+            least = table.least_loaded(cls, kv, avoid)
+            if least is None:
+                return False
+            target = self._choose(rec, least, cls, kv, avoid, grouped)
+        m = self._index.match(target.name, rec.hashes)
+        if m.pending and m.pending * self._block >= self.config.warmup_min_tokens:
+            leader = self._recs.get(m.leader or "")
+            if leader is not None and leader.state == _INFLIGHT and leader is not rec:
+                self._hold(rec, leader, target, now)
+                return True
+        self._dispatch(rec, target, cls, m.resident * self._block, out)
+        return True
+
+    def _choose(
+        self,
+        rec: _Rec,
+        least: EngineState,
+        cls: int,
+        kv: int,
+        avoid: frozenset[str],
+        grouped: bool,
+    ) -> EngineState:
+        """Prefix affinity against load (see module docstring)."""
+        cfg = self.config
+        engines = self._engines.engines
+        n_tokens = len(rec.job.prompt_tokens)
+        w = cfg.prefill_token_weight
+        best, best_score = least, least.key + w * n_tokens
+        index = self._index
+        for depth, holders in index.levels(rec.hashes):
+            cached = depth * self._block
+            if cached < cfg.affinity_min_tokens:
+                break
+            deepest = rec.hashes[depth - 1]
+            # Prefer engines that hold the prefix over those still computing it.
+            if least.name in holders and not index.is_pending(least.name, deepest):
+                cand: EngineState | None = least
+            else:
+                cand = None
+                cand_rank = (True, 0.0)
+                for i, name in enumerate(holders):
+                    if i >= _MAX_HOLDER_SCAN:
+                        break
+                    e = engines.get(name)
+                    if e is None or name in avoid or not e.fits(kv, cls):
+                        continue
+                    rank = (index.is_pending(name, deepest), e.key)
+                    if cand is None or rank < cand_rank:
+                        cand, cand_rank = e, rank
+            if cand is None:
+                continue
+            if grouped:
+                score = cand.key + w * (n_tokens - cached)
+                if score < best_score:
+                    best, best_score = cand, score
+                continue
+            if cand is least or not self._imbalanced(cand, least):
+                return cand
+        return best
+
+    def _imbalanced(self, cand: EngineState, least: EngineState) -> bool:
+        gap = cand.load - least.load
+        return (
+            gap > self.config.balance_abs_threshold
+            and cand.load > least.load * self.config.balance_rel_threshold
+        )
+
+    def _place_group(self, first: _Rec, now: float, out: list[Decision]) -> list[str]:
+        """Dispatch the ready siblings of ``first`` together; returns those left over."""
+        group = first.job.group or ""
+        members = [first]
+        for jid in list(self._groups.get(group, ())):
+            if jid != first.job.id and self._queue.take(jid):
+                members.append(self._recs[jid])
+        w = self.config.prefill_token_weight
+        members.sort(key=lambda r: -(len(r.job.prompt_tokens) * w + r.job.max_tokens))
+        left = []
+        for rec in members:
+            cls = self._queue.cls_of(rec.job.id)
+            if self._engines.free[cls] <= 0 or not self._place(rec, cls, now, out, grouped=True):
+                left.append(rec.job.id)
+        return left
+
+    def _dispatch(
+        self, rec: _Rec, e: EngineState, cls: int, cached: int, out: list[Decision]
+    ) -> None:
+        job = rec.job
+        jid = job.id
+        cfg = self.config
+        uncached = max(0, len(job.prompt_tokens) - cached)
+        rec.state, rec.engine, rec.expected = _INFLIGHT, e.name, cached
+        rec.work = uncached * cfg.prefill_token_weight + job.max_tokens
+        rec.kv = uncached + job.max_tokens
+        rec.pending_leader = self._index.insert(e.name, rec.hashes, leader=jid) > 0
+        if cls == THROUGHPUT:
+            priority = cfg.priority_throughput
+        elif self._queue.promoted(jid):
+            priority = cfg.priority_aged
+        else:
+            priority = cfg.priority_latency
+        self._queue.forget(jid)
+        self._ungroup(rec)
+        e.jobs.add(jid)
+        self._engines.update(e, inflight=1, work=rec.work, kv=rec.kv)
+        self._dispatched += 1
+        out.append(Dispatch(jid, e.name, priority, cached))
+
+    # warm-up -------------------------------------------------------------------
+    def _hold(self, rec: _Rec, leader: _Rec, e: EngineState, now: float) -> None:
+        rec.state, rec.leader, rec.engine = _HELD, leader.job.id, e.name
+        if not leader.followers:
+            self._warmups.append((now + self.config.warmup_timeout_s, leader.job.id))
+        leader.followers.append(rec.job.id)
+        self._ungroup(rec)
+        self._held += 1
+        self._engines.update(e, reserved=1)
+
+    def _release_followers(self, leader: _Rec) -> None:
+        if not leader.followers:
+            return
+        followers, leader.followers = leader.followers, []
+        self._unreserve(leader.engine, len(followers))
+        for jid in followers:
+            f = self._recs.get(jid)
+            if f is None or f.state != _HELD:
+                continue
+            f.state, f.leader, f.engine = _QUEUED, None, None
+            self._queue.requeue(jid)
+            if f.job.group is not None:
+                self._groups.setdefault(f.job.group, {})[jid] = None
+
+    def _expire_warmups(self, now: float) -> None:
+        """Safety net: a leader that reports nothing for too long frees its followers."""
+        q = self._warmups
+        while q and q[0][0] <= now:
+            _, jid = q.popleft()
+            leader = self._recs.get(jid)
+            if leader is None or not leader.followers:
+                continue
+            if leader.pending_leader:
+                self._index.resolve(leader.engine or "", leader.hashes, jid)
+            self._release_followers(leader)
+
+    def _unreserve(self, engine: str | None, n: int) -> None:
+        self._held -= n
+        e = self._engines.get(engine or "")
+        if e is not None:
+            self._engines.update(e, reserved=-n)
+
+    # bookkeeping -----------------------------------------------------------------
+    def _release(self, rec: _Rec, abort: bool = False) -> None:
+        """Free an in-flight job's resources and wake its followers."""
+        engine = rec.engine or ""
+        jid = rec.job.id
+        if rec.pending_leader and not rec.prefill_done:
+            if abort:
+                self._index.abort(engine, rec.hashes, jid)
+            else:
+                self._index.resolve(engine, rec.hashes, jid)
+        self._release_followers(rec)
+        e = self._engines.get(engine)
+        if e is not None and jid in e.jobs:
+            e.jobs.discard(jid)
+            self._engines.update(e, inflight=-1, work=-rec.work, kv=-rec.kv)
+
+    def _ungroup(self, rec: _Rec) -> None:
+        g = rec.job.group
+        if g is not None:
+            members = self._groups.get(g)
+            if members is not None:
+                members.pop(rec.job.id, None)
+                if not members:
+                    del self._groups[g]
+
+
+# baselines -----------------------------------------------------------------------
+
+
+class _FifoPolicy:
+    """Shared body of the baselines: FIFO queue, capacity-bounded engines, no
+    priorities, no prefix or group awareness."""
+
+    name = "fifo"
+
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        self.config = config or SchedulerConfig()
+        self._engines = EngineTable(0.0, self.config.external_request_work)
+        self._queue: deque[str] = deque()
+        self._jobs: dict[str, Job] = {}
+        self._where: dict[str, str] = {}
+        self._dispatched = 0
+
+    def add_engine(
+        self, engine: str, capacity: int, kv_capacity_tokens: int | None, now: float
+    ) -> None:
+        cap = capacity
+        if self.config.max_inflight_per_engine is not None:
+            cap = min(cap, self.config.max_inflight_per_engine)
+        self._engines.add(engine, cap, kv_capacity_tokens)
+
+    def remove_engine(self, engine: str, now: float) -> list[str]:
+        e = self._engines.remove(engine)
+        if e is None:
+            return []
+        for jid in e.jobs:
+            self._where.pop(jid, None)
+            self._jobs.pop(jid, None)
+        return sorted(e.jobs)
+
+    def set_healthy(self, engine: str, healthy: bool, now: float) -> None:
+        e = self._engines.get(engine)
+        if e is not None:
+            self._engines.update(e, healthy=healthy)
+
+    def on_load(
+        self, engine: str, num_reqs: int, num_waiting: int, num_tokens: int, now: float
+    ) -> None:
+        e = self._engines.get(engine)
+        if e is not None:
+            self._engines.update(e, external_reqs=max(0, num_reqs + num_waiting - e.inflight))
+
+    def submit(self, job: Job, now: float) -> None:
+        if job.id in self._jobs:
+            raise ValueError(f"job {job.id!r} already submitted")
+        self._jobs[job.id] = job
+        self._queue.append(job.id)
+
+    def cancel(self, job_id: str, now: float) -> bool:
+        if job_id in self._where:
+            self.on_finish(job_id, now, ok=False)
+            return True
+        return self._jobs.pop(job_id, None) is not None  # lazily skipped in the queue
+
+    def on_prefill_done(self, job_id: str, now: float) -> None:
+        pass
+
+    def on_finish(
+        self, job_id: str, now: float, cached_tokens: int | None = None, ok: bool = True
+    ) -> None:
+        engine = self._where.pop(job_id, None)
+        job = self._jobs.pop(job_id, None)
+        e = self._engines.get(engine or "")
+        if e is not None and job is not None and job_id in e.jobs:
+            e.jobs.discard(job_id)
+            self._engines.update(e, inflight=-1, work=-float(job.max_tokens))
+
+    def schedule(self, now: float) -> list[Decision]:
+        out: list[Decision] = []
+        while self._queue and self._engines.free[LATENCY] > 0:
+            jid = self._queue[0]
+            job = self._jobs.get(jid)
+            if job is None or jid in self._where:
+                self._queue.popleft()
+                continue
+            e = self._pick(job)
+            if e is None:
+                break  # FIFO: the head blocks the line, as a plain router queue does
+            self._queue.popleft()
+            self._where[jid] = e.name
+            e.jobs.add(jid)
+            self._engines.update(e, inflight=1, work=float(job.max_tokens))
+            self._dispatched += 1
+            out.append(Dispatch(jid, e.name, 0, 0))
+        return out
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "policy": self.name,
+            "queued": sum(1 for j in self._queue if j in self._jobs and j not in self._where),
+            "inflight": len(self._where),
+            "dispatched": self._dispatched,
+            "engines": {
+                e.name: {"healthy": e.healthy, "capacity": e.capacity, "inflight": e.inflight}
+                for e in self._engines.engines.values()
+            },
+        }
+
+    def _candidates(self, job: Job) -> list[EngineState]:
+        if job.pin_engine is not None:
+            e = self._engines.get(job.pin_engine)
+            return [e] if e is not None else []
+        engines = list(self._engines.engines.values())
+        allowed = [e for e in engines if e.name not in job.avoid and e.healthy]
+        return allowed or engines
+
+    def _pick(self, job: Job) -> EngineState | None:
+        raise NotImplementedError
+
+
+class RoundRobinPolicy(_FifoPolicy):
+    """Next engine in turn that has a free slot."""
+
+    name = "round_robin"
+
+    def __init__(self, config: SchedulerConfig | None = None) -> None:
+        super().__init__(config)
+        self._turn = 0
+
+    def _pick(self, job: Job) -> EngineState | None:
+        cands = self._candidates(job)
+        for k in range(len(cands)):
+            e = cands[(self._turn + k) % len(cands)]
+            if e.free(LATENCY) > 0:
+                self._turn = (self._turn + k + 1) % len(cands)
+                return e
+        return None
+
+
+class LeastLoadedPolicy(_FifoPolicy):
+    """Engine with the fewest requests in flight."""
+
+    name = "least_loaded"
+
+    def _pick(self, job: Job) -> EngineState | None:
+        free = [e for e in self._candidates(job) if e.free(LATENCY) > 0]
+        return min(free, key=lambda e: (e.load, e.order)) if free else None
+
+
+PolicyName = Literal["parrot", "round_robin", "least_loaded"]
+
+
+def make_scheduler(name: PolicyName = "parrot", config: SchedulerConfig | None = None) -> Policy:
+    """Build a policy by name; all share the ``Policy`` interface."""
+    if name == "parrot":
+        return Scheduler(config)
+    if name == "round_robin":
+        return RoundRobinPolicy(config)
+    if name == "least_loaded":
+        return LeastLoadedPolicy(config)
+    raise ValueError(f"unknown policy {name!r}")

@@ -1,0 +1,105 @@
+"""Plain data of the scheduling policy: jobs in, decisions out, one config.
+
+Nothing here performs I/O or reads a clock; every event carries ``now``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Union
+
+
+@dataclass
+class Job:
+    """One request whose inputs are all available, ready to run."""
+
+    id: str
+    tenant: str
+    prompt_tokens: Sequence[int]  # token ids of the rendered prompt (offline tokenizer)
+    max_tokens: int
+    latency_critical: bool  # deduced objective
+    group: str | None = None  # task group (map stage) id
+    session: str | None = None
+    weight: float = 1.0  # tenant weight for fair queuing
+    pin_engine: str | None = None  # must run there (waits while that engine is unavailable)
+    avoid: frozenset[str] = frozenset()  # engines not to use (retries after failure)
+
+
+@dataclass
+class Dispatch:
+    """Send ``job_id`` to ``engine`` now, with SGLang ``priority`` (higher = sooner)."""
+
+    job_id: str
+    engine: str
+    priority: int
+    expected_cached_tokens: int
+
+
+@dataclass
+class Warmup:
+    """Prefix-only prefill to run first. Reserved: the Scheduler never emits it
+    (it dispatches a leader job instead), but executors should accept it."""
+
+    engine: str
+    tokens: tuple[int, ...]
+    for_jobs: list[str] = field(default_factory=list)
+
+
+Decision = Union[Dispatch, Warmup]
+
+
+@dataclass
+class SchedulerConfig:
+    """Knobs of the policy. ``from_settings`` maps the gateway Settings onto it."""
+
+    block_tokens: int = 32  # prefix hashing granularity
+    warmup_min_tokens: int = 256  # pending shared prefix that makes followers wait
+    warmup_timeout_s: float = 30.0  # followers are released after this even without news
+    balance_abs_threshold: int = 32  # in-flight gap that overrides prefix affinity ...
+    balance_rel_threshold: float = 1.5  # ... together with this load ratio
+    affinity_min_tokens: int = 64  # a cached prefix shorter than this is not worth routing for
+    max_inflight_per_engine: int | None = None  # caps each engine's advertised capacity
+    latency_reserve_frac: float = 0.125  # share of slots throughput work may not take
+    default_kv_capacity_tokens: int = 400_000  # prefix-cache size assumed when unknown
+    max_wait_s: float = 30.0  # throughput job queued longer than this is promoted (aging)
+    priority_latency: int = 10
+    priority_aged: int = 5
+    priority_throughput: int = 0
+    prefill_token_weight: float = 0.05  # cost of one uncached prompt token vs one output token
+    external_request_work: float = 128.0  # work assumed per request we did not send (on_load)
+    max_skips: int = 64  # unplaceable queue heads (pin/avoid/KV) passed over per schedule()
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> SchedulerConfig:
+        """Build from a ``gateway.settings.Settings`` (attribute reads only)."""
+        values: dict[str, Any] = {
+            "block_tokens": settings.prefix_block_tokens,
+            "warmup_min_tokens": settings.warmup_min_tokens,
+            "balance_abs_threshold": settings.balance_abs_threshold,
+            "balance_rel_threshold": settings.balance_rel_threshold,
+            "max_inflight_per_engine": settings.max_inflight_per_engine,
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+class Policy(Protocol):
+    """What the gateway drives; Scheduler and the baselines all implement it."""
+
+    def add_engine(
+        self, engine: str, capacity: int, kv_capacity_tokens: int | None, now: float
+    ) -> None: ...
+    def remove_engine(self, engine: str, now: float) -> list[str]: ...
+    def set_healthy(self, engine: str, healthy: bool, now: float) -> None: ...
+    def on_load(
+        self, engine: str, num_reqs: int, num_waiting: int, num_tokens: int, now: float
+    ) -> None: ...
+    def submit(self, job: Job, now: float) -> None: ...
+    def cancel(self, job_id: str, now: float) -> bool: ...
+    def on_prefill_done(self, job_id: str, now: float) -> None: ...
+    def on_finish(
+        self, job_id: str, now: float, cached_tokens: int | None = None, ok: bool = True
+    ) -> None: ...
+    def schedule(self, now: float) -> list[Decision]: ...
+    def stats(self) -> dict[str, Any]: ...
