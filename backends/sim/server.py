@@ -15,10 +15,12 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -87,6 +89,8 @@ class SimServer:
         self.runner = Runner(self.engine, config.time_scale)
         self.requests_total = 0
         self.started_at = time.time()
+        self.paths_seen: Counter[str] = Counter()
+        """Requests per path (shows which endpoints a router probes)."""
 
     # -- engine plumbing -----------------------------------------------------------
     def _submit(self, parsed: P.Parsed) -> list[_Job]:
@@ -471,6 +475,18 @@ class SimServer:
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
 
+class _CountPaths:
+    """Pure ASGI middleware counting requests per path."""
+
+    def __init__(self, app: Any, counter: Counter[str]) -> None:
+        self.app, self.counter = app, counter
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.counter[scope["path"]] += 1
+        await self.app(scope, receive, send)
+
+
 async def _error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ParrotError)
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
@@ -510,7 +526,8 @@ def create_sim_app(config: SimConfig | None = None) -> Starlette:
         Route("/metrics", srv.r_metrics, methods=["GET"]),
     ]
     app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={ParrotError: _error})
+                    exception_handlers={ParrotError: _error},
+                    middleware=[Middleware(_CountPaths, counter=srv.paths_seen)])
     app.state.sim = srv
     return app
 
