@@ -24,3 +24,13 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
     client.flushall()
     client.close()
     yield redis_server.url
+
+
+@pytest.fixture
+def stack(redis_url: str):  # type: ignore[no-untyped-def]
+    """Two simulated engines (time-scale 0.02) behind one gateway, over the test Redis."""
+    from gateway.testing import start_stack
+
+    s = start_stack(redis_url, engines=2, time_scale=0.02)
+    yield s
+    s.stop()

@@ -1,0 +1,286 @@
+"""The app factory: wires the gateway's collaborators in one place.
+
+    request → middleware (request id, metrics) → routes (openai_routes,
+    session_routes, health) → sessions (semantic variables) / completions →
+    scheduler (pure policy) → engine pool → backends
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backends.base import Engine
+from backends.sglang import make_engine
+
+from . import openai_routes, session_routes
+from .auth import Authenticator, Principal
+from .completion import Completions
+from .engines import EnginePool
+from .errors import ParrotError
+from .limits import RateLimiter
+from .metrics import Metrics
+from .notifier import Notifier
+from .policy import Scheduler, SchedulerConfig
+from .scheduler import Dispatcher
+from .sessions import Sessions
+from .settings import Settings
+from .store import SessionStore
+
+log = logging.getLogger("parrot.gateway")
+
+REQUEST_ID = "x-request-id"
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    pool: EnginePool
+    dispatcher: Dispatcher
+    completions: Completions
+    redis: aioredis.Redis
+    store: SessionStore
+    notifier: Notifier
+    sessions: Sessions
+    auth: Authenticator
+    limits: RateLimiter
+    metrics: Metrics
+    draining: bool = False
+    started_at: float = field(default_factory=time.time)
+
+    def principal(self, request: Request) -> Principal:
+        principal = self.auth.authenticate(request.headers.get("authorization"))
+        request.state.tenant = principal.tenant
+        return principal
+
+
+def build_gateway(
+    settings: Settings, *, engines: list[Engine] | None = None, redis_url: str | None = None
+) -> Gateway:
+    if engines is None:
+        engines = [
+            make_engine(
+                url,
+                settings.backend_kind,
+                connect_timeout=settings.engine_connect_timeout_s,
+                timeout=settings.engine_timeout_s,
+            )
+            for url in settings.backend
+        ]
+    metrics = Metrics()
+    pool = EnginePool(
+        engines,
+        health_interval_s=settings.health_interval_s,
+        breaker_failures=settings.breaker_failures,
+        breaker_reset_s=settings.breaker_reset_s,
+        max_inflight_per_engine=settings.max_inflight_per_engine,
+    )
+    policy = Scheduler(
+        SchedulerConfig(
+            block_tokens=settings.prefix_block_tokens,
+            warmup_min_tokens=settings.warmup_min_tokens,
+            balance_abs_threshold=settings.balance_abs_threshold,
+            balance_rel_threshold=settings.balance_rel_threshold,
+        )
+    )
+    dispatcher = Dispatcher(policy, pool, metrics, retry_budget=settings.retry_budget)
+    completions = Completions(pool, dispatcher, metrics)
+    url = redis_url or settings.redis
+    if not url:
+        raise ValueError("a Redis URL is required (the CLI starts an embedded one)")
+    redis = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=2, decode_responses=False)
+    store = SessionStore(
+        redis,
+        ttl_s=settings.session_ttl_s,
+        max_value_bytes=settings.max_value_bytes,
+        max_variables=settings.max_variables_per_session,
+    )
+    notifier = Notifier(redis)
+    store.attach_notifier(notifier)
+    sessions = Sessions(settings, store, completions, metrics)
+    return Gateway(
+        settings=settings,
+        pool=pool,
+        dispatcher=dispatcher,
+        completions=completions,
+        redis=redis,
+        store=store,
+        notifier=notifier,
+        sessions=sessions,
+        auth=Authenticator.from_file(settings.api_keys),
+        limits=RateLimiter(redis),
+        metrics=metrics,
+    )
+
+
+def error_response(exc: ParrotError, request_id: str | None = None) -> JSONResponse:
+    headers = dict(exc.headers)
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+async def _parrot_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ParrotError)
+    return error_response(exc, getattr(request.state, "request_id", None))
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    kinds = {404: ("not_found_error", "not_found"), 405: ("invalid_request_error", "method_not_allowed")}
+    typ, code = kinds.get(exc.status_code, ("invalid_request_error", "http_error"))
+    body = {"error": {"message": f"{exc.detail}: {request.method} {request.url.path}", "type": typ,
+                      "param": None, "code": code}}
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s", request.url.path)
+    body = {"error": {"message": "internal error", "type": "server_error", "param": None,
+                      "code": "internal_error"}}
+    return JSONResponse(body, status_code=500)
+
+
+class RequestIdMiddleware:
+    """Accept or generate X-Request-Id, echo it, and time the request for metrics."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = ""
+        for k, v in scope.get("headers", []):
+            if k == b"x-request-id":
+                rid = v.decode("latin-1")[:128]
+        if not rid or not rid.isprintable():
+            rid = "req-" + uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        start = time.perf_counter()
+        status = 500
+        route = _route_label(scope)
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            self.metrics.requests.labels(route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+
+def _route_label(scope: Scope) -> str:
+    path: str = scope.get("path", "")
+    if path.startswith("/v1/sessions/"):
+        return "/v1/sessions/{sid}/variables" if "/variables/" in path else "/v1/sessions/{sid}"
+    if path.startswith("/v1/models/"):
+        return "/v1/models/{model}"
+    known = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"}
+    return path if path in known else "other"
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    problems = []
+    if gw.draining:
+        problems.append("draining")
+    try:
+        await asyncio.wait_for(gw.redis.ping(), timeout=1.0)
+    except (RedisError, OSError, asyncio.TimeoutError):
+        problems.append("redis unreachable")
+    healthy = [s.id for s in gw.pool.healthy()]
+    if not healthy:
+        problems.append("no engine in rotation")
+    body = {"ready": not problems, "problems": problems, "engines": healthy}
+    return JSONResponse(body, status_code=200 if not problems else 503)
+
+
+async def metrics(request: Request) -> Response:
+    gw: Gateway = request.app.state.gateway
+    return PlainTextResponse(gw.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    engines: list[Engine] | None = None,
+    redis_url: str | None = None,
+    gateway: Gateway | None = None,
+) -> Starlette:
+    settings = settings or Settings()
+    gw = gateway or build_gateway(settings, engines=engines, redis_url=redis_url)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gw.notifier.start()
+        await gw.pool.start()
+        if not gw.pool.healthy():
+            log.warning("no engine answered its first health check; will keep trying")
+        try:
+            yield
+        finally:
+            gw.draining = True
+            await gw.sessions.drain(gw.settings.drain_timeout_s)
+            await gw.pool.stop()
+            await gw.notifier.stop()
+            await gw.redis.aclose()
+
+    routes = [
+        Route("/v1/chat/completions", openai_routes.chat_completions, methods=["POST"]),
+        Route("/v1/completions", openai_routes.completions, methods=["POST"]),
+        Route("/v1/models", openai_routes.list_models, methods=["GET"]),
+        Route("/v1/models/{model:path}", openai_routes.get_model, methods=["GET"]),
+        *session_routes.routes,
+        Route("/health", health, methods=["GET"]),
+        Route("/ready", ready, methods=["GET"]),
+        Route("/metrics", metrics, methods=["GET"]),
+    ]
+    app = Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            ParrotError: _parrot_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+    )
+    app.state.gateway = gw
+    app.add_middleware(RequestIdMiddleware, metrics=gw.metrics)
+    return app
+
+
+def route_paths(app: Starlette) -> list[str]:
+    return [getattr(r, "path", "") for r in app.routes]
+
+
+__all__ = ["Gateway", "build_gateway", "create_app", "route_paths"]
+
+

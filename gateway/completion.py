@@ -1,0 +1,169 @@
+"""Run one OpenAI request on the engines: build the job, queue it, call, account.
+
+Shared by the transparent proxy path and by semantic-variable requests (after
+their placeholders are substituted).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from analysis.chat_template import render_chat
+from analysis.tokenizer import get_tokenizer
+from backends.base import EngineCall, Usage
+from gateway.types import JSON, Route
+
+from .engines import EnginePool
+from .errors import NotFound, ParrotError
+from .metrics import Metrics
+from .policy import Job
+from .scheduler import Dispatcher, Outcome
+
+LATENCY_PRIORITY = 10
+THROUGHPUT_PRIORITY = 0
+
+
+@dataclass
+class RequestContext:
+    """Who asked, and what the analysis says about the request."""
+
+    request_id: str
+    tenant: str = "default"
+    session: str | None = None
+    latency_critical: bool = True
+    group: str | None = None
+    weight: float = 1.0
+
+
+def prompt_text(route: Route, body: JSON) -> str:
+    if route == "chat":
+        return render_chat(body.get("messages") or [])
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        if prompt and isinstance(prompt[0], str):
+            return str(prompt[0])
+        return ""
+    return str(prompt or "")
+
+
+def prompt_tokens(route: Route, body: JSON) -> list[int]:
+    prompt = body.get("prompt")
+    if route == "completion" and isinstance(prompt, list) and prompt:
+        if isinstance(prompt[0], int):
+            return [int(t) for t in prompt]
+        if isinstance(prompt[0], list):
+            return [int(t) for t in prompt[0]]
+    return get_tokenizer().encode(prompt_text(route, body))
+
+
+def max_tokens_of(body: JSON) -> int:
+    for key in ("max_completion_tokens", "max_tokens"):
+        v = body.get(key)
+        if isinstance(v, int) and v > 0:
+            return v
+    return 256
+
+
+def sse(data: Any) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+class Completions:
+    def __init__(self, pool: EnginePool, dispatcher: Dispatcher, metrics: Metrics) -> None:
+        self.pool = pool
+        self.dispatcher = dispatcher
+        self.metrics = metrics
+
+    def resolve_model(self, body: JSON) -> frozenset[str]:
+        """Fill in a missing model; return the engines that cannot serve it."""
+        models = self.pool.models()
+        model = body.get("model")
+        if not model:
+            if models:
+                body["model"] = models[0]
+            return frozenset()
+        if not models:
+            return frozenset()
+        if model not in models:
+            raise NotFound(
+                f"The model '{model}' does not exist", param="model", code="model_not_found"
+            )
+        return frozenset(s.id for s in self.pool.states.values() if s.models and model not in s.models)
+
+    def job(self, route: Route, body: JSON, ctx: RequestContext, avoid: frozenset[str]) -> Job:
+        return Job(
+            id=f"{ctx.request_id}:{uuid.uuid4().hex[:8]}",
+            tenant=ctx.tenant,
+            prompt_tokens=prompt_tokens(route, body),
+            max_tokens=max_tokens_of(body),
+            latency_critical=ctx.latency_critical,
+            group=ctx.group,
+            session=ctx.session,
+            weight=ctx.weight,
+            avoid=avoid,
+        )
+
+    def _call(self, route: Route, body: JSON, ctx: RequestContext) -> EngineCall:
+        priority = LATENCY_PRIORITY if ctx.latency_critical else THROUGHPUT_PRIORITY
+        return EngineCall(route=route, body=body, rid=ctx.request_id, priority=priority)
+
+    async def complete(self, route: Route, body: JSON, ctx: RequestContext) -> Outcome:
+        avoid = self.resolve_model(body)
+        body = {**body, "stream": False}
+        body.pop("stream_options", None)
+        outcome = await self.dispatcher.complete(
+            self.job(route, body, ctx, avoid), self._call(route, body, ctx)
+        )
+        if outcome.usage:
+            u = outcome.usage
+            self.metrics.observe_usage(u.prompt_tokens, u.cached_tokens, u.completion_tokens)
+        return outcome
+
+    async def stream(
+        self,
+        route: Route,
+        body: JSON,
+        ctx: RequestContext,
+        on_start: Callable[[str, float], Any] | None = None,
+        on_usage: Callable[[Usage], Any] | None = None,
+    ) -> AsyncIterator[JSON]:
+        """Yield the engine's chunks as the client asked for them (usage only if asked)."""
+        avoid = self.resolve_model(body)
+        opts = body.get("stream_options") or {}
+        want_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
+        job = self.job(route, body, ctx, avoid)
+        async for chunk in self.dispatcher.stream(job, self._call(route, body, ctx), on_start):
+            usage = Usage.from_openai(chunk.get("usage"))
+            if usage is not None:
+                self.metrics.observe_usage(
+                    usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens
+                )
+                if on_usage is not None:
+                    on_usage(usage)
+                if not want_usage:
+                    if not chunk.get("choices"):
+                        continue
+                    chunk = {k: v for k, v in chunk.items() if k != "usage"}
+            yield chunk
+
+
+async def sse_stream(chunks: AsyncIterator[JSON]) -> AsyncIterator[bytes]:
+    """Encode chunks as SSE; a failure after the headers went out becomes an error event."""
+    try:
+        async for chunk in chunks:
+            yield sse(chunk)
+    except ParrotError as exc:
+        yield sse(exc.body())
+    yield SSE_DONE
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,143 @@
+"""The set of engines: discovery of capacity and models, health checks, circuit breakers.
+
+Each engine is checked every ``health_interval_s``; a failed check or
+``breaker_failures`` consecutive request failures take it out of rotation
+(breaker open), and it rejoins once a health check passes after
+``breaker_reset_s``. Listeners hear about rotation changes and load reports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from backends.base import Engine, EngineFailure, EngineLoad
+
+log = logging.getLogger("parrot.engines")
+
+DEFAULT_CAPACITY = 64
+
+
+@dataclass
+class EngineState:
+    id: str
+    engine: Engine
+    healthy: bool = False
+    models: list[str] = field(default_factory=list)
+    capacity: int = DEFAULT_CAPACITY
+    kv_capacity_tokens: int | None = None
+    consecutive_failures: int = 0
+    open_until: float = 0.0
+    load: EngineLoad | None = None
+    known: bool = False  # info fetched at least once
+
+
+RotationListener = Callable[[EngineState], None]
+LoadListener = Callable[[EngineState, EngineLoad], None]
+
+
+class EnginePool:
+    def __init__(
+        self,
+        engines: list[Engine],
+        *,
+        health_interval_s: float = 2.0,
+        breaker_failures: int = 3,
+        breaker_reset_s: float = 5.0,
+        max_inflight_per_engine: int | None = None,
+    ) -> None:
+        self.states: dict[str, EngineState] = {e.url: EngineState(id=e.url, engine=e) for e in engines}
+        self.health_interval_s = health_interval_s
+        self.breaker_failures = breaker_failures
+        self.breaker_reset_s = breaker_reset_s
+        self.max_inflight = max_inflight_per_engine
+        self.on_rotation: list[RotationListener] = []
+        self.on_load: list[LoadListener] = []
+        self._task: asyncio.Task[None] | None = None
+
+    def get(self, engine_id: str) -> EngineState:
+        return self.states[engine_id]
+
+    def healthy(self) -> list[EngineState]:
+        return [s for s in self.states.values() if s.healthy]
+
+    def models(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for s in self.states.values():
+            for m in s.models:
+                seen.setdefault(m, None)
+        return list(seen)
+
+    async def start(self) -> None:
+        await self.check_all()
+        self._task = asyncio.create_task(self._loop(), name="engine-health")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await asyncio.gather(*(s.engine.aclose() for s in self.states.values()))
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.health_interval_s)
+            try:
+                await self.check_all()
+            except Exception:  # keep checking whatever one round did
+                log.exception("health round failed")
+
+    async def check_all(self) -> None:
+        await asyncio.gather(*(self.check(s) for s in self.states.values()))
+
+    async def check(self, state: EngineState) -> None:
+        ok = await state.engine.health()
+        if ok and not state.known:
+            try:
+                info = await state.engine.info()
+                state.models = info.models
+                if info.max_running_requests:
+                    state.capacity = info.max_running_requests
+                state.kv_capacity_tokens = info.max_total_tokens
+                state.known = True
+            except EngineFailure:
+                ok = False
+        if self.max_inflight:
+            state.capacity = min(state.capacity, self.max_inflight)
+        if ok and state.open_until > time.monotonic():
+            ok = False  # breaker still cooling down
+        if ok:
+            state.consecutive_failures = 0
+            try:
+                load = await state.engine.load()
+            except EngineFailure:
+                load = None
+            if load is not None:
+                state.load = load
+                for fn in self.on_load:
+                    fn(state, load)
+        self._set_healthy(state, ok)
+
+    def _set_healthy(self, state: EngineState, ok: bool) -> None:
+        if state.healthy == ok:
+            return
+        state.healthy = ok
+        log.warning("engine %s %s rotation", state.id, "joined" if ok else "left")
+        for fn in self.on_rotation:
+            fn(state)
+
+    def record_success(self, engine_id: str) -> None:
+        self.states[engine_id].consecutive_failures = 0
+
+    def record_failure(self, engine_id: str, *, fatal: bool = False) -> None:
+        """A request failed on this engine; ``fatal`` (unreachable) opens the breaker at once."""
+        state = self.states[engine_id]
+        state.consecutive_failures += 1
+        if fatal or state.consecutive_failures >= self.breaker_failures:
+            state.open_until = time.monotonic() + self.breaker_reset_s
+            self._set_healthy(state, False)

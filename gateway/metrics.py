@@ -1,0 +1,61 @@
+"""Prometheus metrics, one registry per app (so several apps can live in one process)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "parrot_requests_total", "HTTP requests by route and status", ["route", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "parrot_request_latency_seconds", "HTTP request latency by route", ["route"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.ttft = Histogram(
+            "parrot_time_to_first_token_seconds", "Time to first token of streamed requests",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_wait = Histogram(
+            "parrot_queue_wait_seconds", "Time a ready request waited in the gateway queue",
+            ["criteria"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.inflight = Gauge(
+            "parrot_engine_inflight_requests", "Requests in flight per engine", ["engine"],
+            registry=r,
+        )
+        self.engine_healthy = Gauge(
+            "parrot_engine_healthy", "1 when the engine is in rotation", ["engine"], registry=r
+        )
+        self.engine_errors = Counter(
+            "parrot_engine_errors_total", "Engine failures by kind", ["engine", "kind"], registry=r
+        )
+        self.retries = Counter(
+            "parrot_engine_retries_total", "Requests retried on another engine", registry=r
+        )
+        self.tokens = Counter(
+            "parrot_tokens_total", "Tokens by kind (prompt, cached, completion)", ["kind"],
+            registry=r,
+        )
+        self.queued = Gauge(
+            "parrot_queued_requests", "Ready requests waiting in the gateway queue", registry=r
+        )
+        self.variables = Counter(
+            "parrot_variables_total", "Semantic variables resolved by outcome", ["status"],
+            registry=r,
+        )
+
+    def observe_usage(self, prompt: int, cached: int, completion: int) -> None:
+        self.tokens.labels("prompt").inc(prompt)
+        self.tokens.labels("cached").inc(cached)
+        self.tokens.labels("completion").inc(completion)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

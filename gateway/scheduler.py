@@ -1,0 +1,255 @@
+"""The async side of scheduling: feeds events to the pure policy, executes its decisions.
+
+Every request that goes to an engine (plain or semantic) becomes a ``Job`` and
+waits here until the policy dispatches it; the gateway therefore holds the
+queue and engines only ever see a bounded amount of in-flight work. Engine
+calls are retried on another engine for retryable failures that happen before
+the first token (``retry_budget``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from backends.base import (
+    EngineCall,
+    EngineFailure,
+    EngineLoad,
+    EngineRejected,
+    EngineTimeout,
+    EngineUnreachable,
+    Usage,
+)
+from gateway.types import JSON
+
+from .engines import EnginePool, EngineState
+from .errors import EngineError, GatewayTimeout, ParrotError, ServiceUnavailable
+from .metrics import Metrics
+from .policy import Dispatch, Job, Scheduler, Warmup
+
+log = logging.getLogger("parrot.scheduler")
+
+
+@dataclass
+class Outcome:
+    """A finished engine call: the response (or None for streams) and where it ran."""
+
+    engine: str
+    body: JSON | None
+    usage: Usage | None
+    queued_s: float
+    run_s: float
+
+
+class EngineRejectedError(ParrotError):
+    """The engine refused the request as invalid: pass its status and message on."""
+
+    type = "invalid_request_error"
+    code = "engine_rejected"
+
+    def __init__(self, failure: EngineRejected) -> None:
+        super().__init__(str(failure))
+        self.status = failure.status or 400
+        body = failure.body
+        if isinstance(body, dict) and isinstance(body.get("error"), dict):
+            self.param = body["error"].get("param")
+            self.code = body["error"].get("code") or self.code
+
+
+def map_failure(exc: EngineFailure) -> ParrotError:
+    if isinstance(exc, EngineRejected):
+        return EngineRejectedError(exc)
+    if isinstance(exc, EngineUnreachable):
+        return ServiceUnavailable(f"engine unavailable: {exc}", code="engine_unavailable")
+    if isinstance(exc, EngineTimeout):
+        return GatewayTimeout(f"engine timed out: {exc}")
+    return EngineError(f"engine failed: {exc}")
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        policy: Scheduler,
+        pool: EnginePool,
+        metrics: Metrics,
+        *,
+        retry_budget: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policy = policy
+        self.pool = pool
+        self.metrics = metrics
+        self.retry_budget = retry_budget
+        self.clock = clock
+        self._waiting: dict[str, asyncio.Future[Dispatch]] = {}
+        self._running: dict[str, str] = {}  # job id -> engine
+        self._added: set[str] = set()
+        pool.on_rotation.append(self._on_rotation)
+        pool.on_load.append(self._on_load)
+        for state in pool.states.values():
+            if state.healthy:
+                self._on_rotation(state)
+
+    # -- events from the engine pool ------------------------------------------------
+    def _on_rotation(self, state: EngineState) -> None:
+        now = self.clock()
+        if state.healthy and state.id not in self._added:
+            self.policy.add_engine(state.id, state.capacity, state.kv_capacity_tokens, now)
+            self._added.add(state.id)
+        elif state.id in self._added:
+            self.policy.set_healthy(state.id, state.healthy, now)
+        self.metrics.engine_healthy.labels(state.id).set(1 if state.healthy else 0)
+        if not self.pool.healthy():
+            for fut in self._waiting.values():
+                if not fut.done():
+                    fut.set_exception(ServiceUnavailable("no engine available"))
+        self._pump()
+
+    def _on_load(self, state: EngineState, load: EngineLoad) -> None:
+        if state.id in self._added:
+            self.policy.on_load(
+                state.id, load.num_reqs, load.num_waiting_reqs, load.num_tokens, self.clock()
+            )
+
+    # -- queue ------------------------------------------------------------------------
+    async def acquire(self, job: Job) -> Dispatch:
+        """Queue ``job`` and wait until the policy gives it an engine."""
+        if not self.pool.healthy():
+            raise ServiceUnavailable("no engine available", code="no_engine")
+        fut: asyncio.Future[Dispatch] = asyncio.get_running_loop().create_future()
+        self._waiting[job.id] = fut
+        self.policy.submit(job, self.clock())
+        self._pump()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled() and fut.exception() is None:
+                self.finish(job.id, ok=False)
+            else:
+                self.policy.cancel(job.id, self.clock())
+            raise
+        finally:
+            self._waiting.pop(job.id, None)
+
+    def prefill_done(self, job_id: str) -> None:
+        self.policy.on_prefill_done(job_id, self.clock())
+        self._pump()
+
+    def finish(self, job_id: str, *, cached_tokens: int | None = None, ok: bool = True) -> None:
+        engine = self._running.pop(job_id, None)
+        if engine is not None:
+            self.metrics.inflight.labels(engine).dec()
+        self.policy.on_finish(job_id, self.clock(), cached_tokens=cached_tokens, ok=ok)
+        self._pump()
+
+    def _pump(self) -> None:
+        decisions = self.policy.schedule(self.clock())
+        for d in decisions:
+            if isinstance(d, Warmup):
+                continue  # the policy dispatches a leader instead; nothing to run
+            fut = self._waiting.get(d.job_id)
+            if fut is None or fut.done():
+                # The waiter went away between submit and dispatch: give the slot back.
+                self.policy.on_finish(d.job_id, self.clock(), ok=False)
+                continue
+            self._running[d.job_id] = d.engine
+            self.metrics.inflight.labels(d.engine).inc()
+            fut.set_result(d)
+        self.metrics.queued.set(self.policy.stats().get("queued", 0))
+
+    # -- execution ----------------------------------------------------------------------
+    async def _attempts(self, job: Job) -> AsyncIterator[tuple[Dispatch, float]]:
+        avoid: set[str] = set(job.avoid)
+        for attempt in range(self.retry_budget + 1):
+            t0 = self.clock()
+            d = await self.acquire(replace(job, avoid=frozenset(avoid)) if avoid else job)
+            self.metrics.queue_wait.labels(
+                "latency" if job.latency_critical else "throughput"
+            ).observe(self.clock() - t0)
+            yield d, t0
+            avoid.add(d.engine)
+            if attempt < self.retry_budget:
+                self.metrics.retries.inc()
+
+    def _call_for(self, call: EngineCall, d: Dispatch) -> EngineCall:
+        return replace(call, priority=d.priority if call.priority is None else call.priority)
+
+    def _fail(self, d: Dispatch, exc: EngineFailure) -> None:
+        self.metrics.engine_errors.labels(d.engine, type(exc).__name__).inc()
+        if not isinstance(exc, EngineRejected):
+            self.pool.record_failure(d.engine, fatal=isinstance(exc, EngineUnreachable))
+        self.finish(d.job_id, ok=isinstance(exc, EngineRejected))
+
+    async def complete(self, job: Job, call: EngineCall) -> Outcome:
+        """Run a non-streaming call, retrying on another engine when that is safe."""
+        last: EngineFailure | None = None
+        async for d, t0 in self._attempts(job):
+            started = self.clock()
+            engine = self.pool.get(d.engine).engine
+            try:
+                body = await engine.complete(self._call_for(call, d))
+            except EngineFailure as exc:
+                self._fail(d, exc)
+                last = exc
+                if exc.retryable and len(self.pool.healthy()) > 0:
+                    log.warning("request %s failed on %s (%s); retrying", job.id, d.engine, exc)
+                    continue
+                raise map_failure(exc) from exc
+            except BaseException:
+                self.finish(d.job_id, ok=False)
+                raise
+            usage = Usage.from_openai(body.get("usage"))
+            self.pool.record_success(d.engine)
+            self.finish(d.job_id, cached_tokens=usage.cached_tokens if usage else None)
+            return Outcome(d.engine, body, usage, started - t0, self.clock() - started)
+        assert last is not None
+        raise map_failure(last)
+
+    async def stream(
+        self, job: Job, call: EngineCall, on_start: Callable[[str, float], Any] | None = None
+    ) -> AsyncIterator[JSON]:
+        """Run a streaming call; retries happen only before the first chunk.
+
+        The final chunk carries usage (the SGLang client always asks for it);
+        the caller decides whether to forward it.
+        """
+        last: EngineFailure | None = None
+        async for d, t0 in self._attempts(job):
+            started = self.clock()
+            engine = self.pool.get(d.engine).engine
+            first = True
+            cached: int | None = None
+            try:
+                async for chunk in engine.stream(self._call_for(call, d)):
+                    if first:
+                        first = False
+                        self.dispatch_started(job.id)
+                        self.metrics.ttft.observe(self.clock() - t0)
+                        if on_start is not None:
+                            on_start(d.engine, started - t0)
+                    usage = Usage.from_openai(chunk.get("usage"))
+                    if usage is not None:
+                        cached = usage.cached_tokens
+                    yield chunk
+            except EngineFailure as exc:
+                self._fail(d, exc)
+                last = exc
+                if first and exc.retryable and len(self.pool.healthy()) > 0:
+                    continue
+                raise map_failure(exc) from exc
+            except BaseException:
+                self.finish(d.job_id, ok=False)
+                raise
+            self.pool.record_success(d.engine)
+            self.finish(d.job_id, cached_tokens=cached)
+            return
+        assert last is not None
+        raise map_failure(last)
+
+    def dispatch_started(self, job_id: str) -> None:
+        self.prefill_done(job_id)

@@ -1,0 +1,75 @@
+"""An in-process stack for tests and examples: simulated engines and a gateway, each a
+real uvicorn server on loopback (own thread, own event loop), over a given Redis.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .serving import UvicornThread
+from .settings import Settings
+
+
+@dataclass
+class Stack:
+    gateway: UvicornThread | None = None
+    engines: list[UvicornThread] = field(default_factory=list)
+    extra_gateways: list[UvicornThread] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        assert self.gateway is not None
+        return self.gateway.url
+
+    @property
+    def engine_urls(self) -> list[str]:
+        return [e.url for e in self.engines]
+
+    def stop(self) -> None:
+        for g in [*self.extra_gateways, *([self.gateway] if self.gateway else [])]:
+            g.stop()
+        for e in self.engines:
+            e.stop()
+
+    def __enter__(self) -> Stack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_engine(time_scale: float = 0.02, **sim: Any) -> UvicornThread:
+    from backends.sim.server import SimConfig, create_sim_app
+
+    return UvicornThread(create_sim_app(SimConfig(time_scale=time_scale, **sim))).start()
+
+
+def start_gateway(redis_url: str, engine_urls: list[str], **overrides: Any) -> UvicornThread:
+    from .app import create_app
+
+    values: dict[str, Any] = {"backend": engine_urls, "redis": redis_url, "health_interval_s": 0.5}
+    values.update(overrides)
+    settings = Settings(**values)
+    return UvicornThread(create_app(settings)).start()
+
+
+def start_stack(
+    redis_url: str,
+    *,
+    engines: int = 2,
+    time_scale: float = 0.02,
+    sim: dict[str, Any] | None = None,
+    replicas: int = 1,
+    **overrides: Any,
+) -> Stack:
+    stack = Stack()
+    try:
+        stack.engines = [start_engine(time_scale, **(sim or {})) for _ in range(engines)]
+        stack.gateway = start_gateway(redis_url, stack.engine_urls, **overrides)
+        for _ in range(replicas - 1):
+            stack.extra_gateways.append(start_gateway(redis_url, stack.engine_urls, **overrides))
+    except BaseException:
+        stack.stop()
+        raise
+    return stack

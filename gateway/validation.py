@@ -1,0 +1,100 @@
+"""Validation of OpenAI request bodies at the edge.
+
+Bodies are checked with pydantic models that allow unknown fields (they are
+passed through to the engine unchanged); the original dict is what travels on.
+Errors carry the OpenAI ``param`` path of the offending field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+
+from .errors import BadRequest, PayloadTooLarge
+
+Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
+
+
+class _Open(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ContentPart(_Open):
+    type: StrictStr
+
+
+class Message(_Open):
+    role: Role
+    content: Union[StrictStr, list[ContentPart], None] = None
+
+
+class StreamOptions(_Open):
+    include_usage: StrictBool | None = None
+
+
+class _Common(_Open):
+    model: StrictStr | None = None
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: StrictInt | None = Field(None, ge=0)
+    n: StrictInt | None = Field(None, ge=1, le=128)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    stop: Union[StrictStr, list[StrictStr], None] = None
+    user: StrictStr | None = None
+
+
+class ChatBody(_Common):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: StrictInt | None = Field(None, ge=0)
+
+
+class CompletionBody(_Common):
+    prompt: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]
+
+
+def _param(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("str", "list[ContentPart]", "none") or "[" in str(part):
+            continue  # union branch names, not fields
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def parse_json(raw: bytes, limit: int) -> dict[str, Any]:
+    if len(raw) > limit:
+        raise PayloadTooLarge(f"request body is {len(raw)} bytes; the limit is {limit}")
+    if not raw.strip():
+        raise BadRequest("request body is empty; expected a JSON object", code="invalid_json")
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def validate(body: dict[str, Any], model: type[_Common], *, max_messages: int) -> _Common:
+    if model is ChatBody and isinstance(body.get("messages"), list):
+        if len(body["messages"]) > max_messages:
+            raise PayloadTooLarge(
+                f"{len(body['messages'])} messages; the limit is {max_messages}", param="messages"
+            )
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = _param(tuple(err.get("loc", ())))
+        msg = err.get("msg", "invalid value")
+        if err.get("type") == "missing":
+            msg = f"'{param}' is a required property"
+        else:
+            msg = f"invalid '{param}': {msg}"
+        raise BadRequest(msg, param=param or None) from exc
