@@ -1,0 +1,156 @@
+"""Shared-prefix detection over token prompts, with hashes stable across processes.
+
+Block hashes are chained (block i's hash covers blocks 0..i), so equal hash
+at index i means equal first ``(i + 1) * block`` tokens (up to a 2**-64
+collision). They use blake2b over little-endian uint32 token ids, never
+Python's per-process ``hash()``, so gateway replicas can compare them.
+"""
+
+from __future__ import annotations
+
+import sys
+from array import array
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from hashlib import blake2b
+
+__all__ = ["PrefixGroup", "block_hashes", "common_prefix_len", "prefix_groups", "prefix_key"]
+
+_TYPECODE = next(t for t in "IL" if array(t).itemsize == 4)
+_BIG_ENDIAN = sys.byteorder == "big"
+_DIGEST = 8
+
+
+def _pack(tokens: Sequence[int]) -> bytes:
+    try:
+        arr = array(_TYPECODE, tokens)
+    except OverflowError:
+        raise ValueError("token ids must be in [0, 2**32)") from None
+    if _BIG_ENDIAN:
+        arr.byteswap()
+    return arr.tobytes()
+
+
+def _chain(data: bytes, block: int, nblocks: int) -> list[bytes]:
+    step = 4 * block
+    view = memoryview(data)
+    out: list[bytes] = []
+    prev = b""
+    for i in range(nblocks):
+        h = blake2b(prev, digest_size=_DIGEST)
+        h.update(view[i * step : (i + 1) * step])
+        prev = h.digest()
+        out.append(prev)
+    return out
+
+
+def block_hashes(tokens: Sequence[int], block: int) -> list[int]:
+    """Chained 64-bit hashes of the full ``block``-token blocks of ``tokens``.
+
+    A trailing partial block is not hashed. Deterministic across processes
+    and machines.
+    """
+    if block <= 0:
+        raise ValueError("block must be positive")
+    n = len(tokens) // block
+    if n == 0:
+        return []
+    digests = _chain(_pack(tokens[: n * block]), block, n)
+    return [int.from_bytes(d, "little") for d in digests]
+
+
+def prefix_key(tokens: Sequence[int], length: int, block: int = 32) -> str | None:
+    """Hex id of the first ``length`` tokens (None if shorter); equal keys, equal prefixes."""
+    if length <= 0 or len(tokens) < length:
+        return None
+    return _prefix_key(block_hashes(tokens[:length], block), tokens, length, block)
+
+
+def _prefix_key(hashes: Sequence[int], tokens: Sequence[int], length: int, block: int) -> str:
+    full = length // block
+    h = blake2b(digest_size=_DIGEST)
+    h.update(hashes[full - 1].to_bytes(_DIGEST, "little") if full else b"")
+    h.update(b"|")
+    h.update(_pack(tokens[full * block : length]))
+    return h.hexdigest()
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    la = a if isinstance(a, list) else list(a)
+    lb = b if isinstance(b, list) else list(b)
+    n = min(len(la), len(lb))
+    if la[:n] == lb[:n]:
+        return n
+    lo, chunk = 0, 256
+    while la[lo : lo + chunk] == lb[lo : lo + chunk]:  # C-speed skip over equal chunks
+        lo += chunk
+    i = lo
+    while la[i] == lb[i]:
+        i += 1
+    return i
+
+
+@dataclass
+class PrefixGroup:
+    """Requests whose prompts share their first ``min_tokens`` tokens.
+
+    ``shared_tokens`` is the longest prefix common to all members (>= min_tokens);
+    ``key`` identifies the first ``min_tokens`` tokens (see :func:`prefix_key`).
+    """
+
+    members: list[str]
+    shared_tokens: int
+    key: str = field(default="")
+
+
+def prefix_groups(
+    prompts: Mapping[str, Sequence[int]], min_tokens: int = 256, block: int = 32
+) -> list[PrefixGroup]:
+    """Partition requests by their first ``min_tokens`` tokens; groups of two or more.
+
+    Equality of the first ``min_tokens`` tokens is an equivalence, so the
+    groups are disjoint: a system prompt shared by ten requests makes one group
+    of ten even if five of them also share a longer document. Cost is one pass
+    of block hashing over all prompts plus one block of exact comparison per
+    member. Groups come in order of their first member; members in input order.
+    """
+    if min_tokens <= 0:
+        raise ValueError("min_tokens must be positive")
+    if block <= 0:
+        raise ValueError("block must be positive")
+    hashes: dict[str, list[int]] = {}
+    buckets: dict[str, list[str]] = {}
+    for rid, toks in prompts.items():
+        if len(toks) < min_tokens:
+            continue
+        hs = block_hashes(toks, block)
+        hashes[rid] = hs
+        buckets.setdefault(_prefix_key(hs, toks, min_tokens, block), []).append(rid)
+    groups: list[PrefixGroup] = []
+    for key, members in buckets.items():
+        if len(members) < 2:
+            continue
+        groups.append(
+            PrefixGroup(members, _shared_len(members, prompts, hashes, block), key)
+        )
+    return groups
+
+
+def _shared_len(
+    members: list[str],
+    prompts: Mapping[str, Sequence[int]],
+    hashes: Mapping[str, list[int]],
+    block: int,
+) -> int:
+    first = hashes[members[0]]
+    depth = min(len(hashes[m]) for m in members)
+    full = 0
+    while full < depth and all(hashes[m][full] == first[full] for m in members):
+        full += 1
+    start = full * block
+    ref = prompts[members[0]][start : start + block]
+    extra = min(
+        common_prefix_len(ref, prompts[m][start : start + block]) for m in members[1:]
+    )
+    return start + extra
