@@ -180,14 +180,15 @@ class PrefixIndex:
 
         Fewer cached tokens than predicted means the engine evicted what we
         still listed (smaller cache, other clients, flush): shrink the assumed
-        capacity. An accurate prediction lets it grow back.
+        capacity by the shortfall. An accurate prediction lets it grow back.
         """
         lru = self._lru.get(engine)
         if lru is None:
             return
-        shortfall = expected_tokens - cached_tokens
-        if shortfall >= self.block_tokens:
-            self._cap[engine] = max(self._min_cap, int(len(lru) * 0.9))
+        shortfall = (expected_tokens - cached_tokens) // self.block_tokens
+        if shortfall > 0:
+            held = min(self._cap[engine], len(lru))
+            self._cap[engine] = max(self._min_cap, held - shortfall)
             self._evict(engine)
         else:
             self._cap[engine] = min(self._max_cap[engine], self._cap[engine] + len(hashes) + 1)
