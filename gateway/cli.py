@@ -36,7 +36,6 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
 
     from .app import create_app
     from .embedded import start_embedded
@@ -56,7 +55,7 @@ def serve(args: argparse.Namespace) -> int:
     settings, embedded = start_embedded(settings)
     try:
         app = create_app(settings)
-        uvicorn.run(
+        config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
@@ -64,9 +63,32 @@ def serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
             access_log=False,
         )
+        _draining_server(config).run()
     finally:
         embedded.stop()
     return 0
+
+
+def _draining_server(config: Any) -> Any:
+    """uvicorn, with SIGTERM/SIGINT meaning 'drain, then exit 0'.
+
+    uvicorn re-raises a captured signal after its graceful shutdown, which would
+    make the process die of SIGTERM; the SPEC wants a clean exit instead.
+    """
+    import contextlib
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # type: ignore[no-untyped-def]
+            with super().capture_signals():
+                try:
+                    yield
+                finally:
+                    self._captured_signals.clear()
+
+    return DrainingServer(config)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,66 @@
+"""`parrot-gateway serve` as the README says: embedded Redis, simulated engines, SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import openai
+import pytest
+
+from gateway.redis_server import free_port
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "serve exited early"
+        try:
+            if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("gateway did not become ready")
+
+
+def test_serve_embedded_defaults_and_sigterm(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    exe = [sys.executable, "-m", "gateway.cli"]
+    env = {**os.environ, "PARROT_SIM_TIME_SCALE": "0.05"}
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([*exe, "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                            env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(url, proc)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
+        model = client.models.list().data[0].id
+        r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
+                                           max_tokens=5)
+        assert r.choices[0].message.content
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    text = (tmp_path / "serve.log").read_text()
+    assert "SIMULATED ENGINES" in text
+    assert "EMBEDDED REDIS" in text
+
+
+def test_console_script_is_installed() -> None:
+    out = subprocess.run(["parrot-gateway", "serve", "--help"], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0
+    for flag in ("--host", "--port", "--backend", "--backend-kind", "--redis", "--sim-engines",
+                 "--api-keys", "--config"):
+        assert flag in out.stdout
