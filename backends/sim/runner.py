@@ -76,6 +76,10 @@ class Runner:
         self._wake.set()
         return h
 
+    def is_active(self, rid: str) -> bool:
+        """Submitted and not yet finished or aborted."""
+        return rid in self._handles
+
     def abort(self, rid: str) -> bool:
         found = self.engine.abort(rid)
         h = self._handles.pop(rid, None)

@@ -151,7 +151,7 @@ class SimServer:
 
     def _abort_jobs(self, jobs: list[_Job]) -> None:
         for job in jobs:
-            if job.rid in self.runner._handles:
+            if self.runner.is_active(job.rid):
                 self.runner.abort(job.rid)
 
     async def _until_disconnect(self, request: Request, work: Awaitable[Any]) -> Any:
