@@ -22,23 +22,48 @@ _DIGEST = 8
 
 
 def _pack(tokens: Sequence[int]) -> bytes:
-    try:
-        arr = array(_TYPECODE, tokens)
-    except OverflowError:
-        raise ValueError("token ids must be in [0, 2**32)") from None
+    arr = array(_TYPECODE, tokens)  # OverflowError outside [0, 2**32)
     if _BIG_ENDIAN:
         arr.byteswap()
     return arr.tobytes()
 
 
-def _chain(data: bytes, block: int, nblocks: int) -> list[bytes]:
+def _pack_wide(tokens: Sequence[int]) -> bytes:
+    """Any-int encoding for one block, used only when uint32 does not fit.
+
+    Callers also feed block hashes (64-bit) back in as "tokens" to group
+    requests they stored only hashes for. The marker byte and the different
+    length keep these inputs apart from uint32-packed blocks.
+    """
+    try:
+        return b"\xff" + b"".join(int(t).to_bytes(16, "little", signed=True) for t in tokens)
+    except OverflowError:
+        raise ValueError("token ids must fit in 127 bits") from None
+
+
+def _block_bytes(tokens: Sequence[int], block: int, nblocks: int) -> list[bytes | memoryview]:
+    try:
+        data = _pack(tokens[: nblocks * block])
+    except OverflowError:
+        out: list[bytes | memoryview] = []
+        for i in range(nblocks):
+            chunk = tokens[i * block : (i + 1) * block]
+            try:
+                out.append(_pack(chunk))
+            except OverflowError:
+                out.append(_pack_wide(chunk))
+        return out
     step = 4 * block
     view = memoryview(data)
+    return [view[i * step : (i + 1) * step] for i in range(nblocks)]
+
+
+def _chain(blocks: Sequence[bytes | memoryview]) -> list[bytes]:
     out: list[bytes] = []
     prev = b""
-    for i in range(nblocks):
+    for data in blocks:
         h = blake2b(prev, digest_size=_DIGEST)
-        h.update(view[i * step : (i + 1) * step])
+        h.update(data)
         prev = h.digest()
         out.append(prev)
     return out
@@ -48,14 +73,15 @@ def block_hashes(tokens: Sequence[int], block: int) -> list[int]:
     """Chained 64-bit hashes of the full ``block``-token blocks of ``tokens``.
 
     A trailing partial block is not hashed. Deterministic across processes
-    and machines.
+    and machines. Token ids are normally in [0, 2**32); other ints (e.g.
+    earlier block hashes) work too, on a slower path.
     """
     if block <= 0:
         raise ValueError("block must be positive")
     n = len(tokens) // block
     if n == 0:
         return []
-    digests = _chain(_pack(tokens[: n * block]), block, n)
+    digests = _chain(_block_bytes(tokens, block, n))
     return [int.from_bytes(d, "little") for d in digests]
 
 
@@ -71,7 +97,11 @@ def _prefix_key(hashes: Sequence[int], tokens: Sequence[int], length: int, block
     h = blake2b(digest_size=_DIGEST)
     h.update(hashes[full - 1].to_bytes(_DIGEST, "little") if full else b"")
     h.update(b"|")
-    h.update(_pack(tokens[full * block : length]))
+    tail = tokens[full * block : length]
+    try:
+        h.update(_pack(tail))
+    except OverflowError:
+        h.update(_pack_wide(tail))
     return h.hexdigest()
 
 

@@ -42,7 +42,23 @@ def test_block_hashes_chain_and_partial_block() -> None:
     with pytest.raises(ValueError):
         block_hashes(a, 0)
     with pytest.raises(ValueError):
-        block_hashes([-1] * 32, 32)
+        block_hashes([2**200] * 32, 32)
+
+
+def test_block_hashes_of_wide_ints() -> None:
+    """Stored block hashes (64-bit) can be fed back in, e.g. with block=1."""
+    a = toks(64, 2)
+    wide = block_hashes(a, 8)
+    assert len(block_hashes(wide, 1)) == 8
+    assert block_hashes([-1, 5], 1)[1] != block_hashes([2**32 - 1, 5], 1)[1]
+    # blocks that fit uint32 hash the same whether or not another block is wide
+    mixed = a[:32] + [2**40] * 32
+    assert block_hashes(mixed, 32)[0] == block_hashes(a, 32)[0]
+    assert block_hashes(mixed, 32)[1] != block_hashes(a, 32)[1]
+    g1 = block_hashes(a[:32] + toks(32, 5), 8)
+    g2 = block_hashes(a[:32] + toks(32, 6), 8)
+    (grp,) = prefix_groups({"x": g1, "y": g2, "z": wide[:1]}, min_tokens=2, block=1)
+    assert grp.members == ["x", "y"] and grp.shared_tokens == 4
 
 
 def test_block_hashes_stable_across_processes() -> None:
@@ -127,7 +143,8 @@ def test_prefix_groups_exact_threshold_and_odd_sizes() -> None:
     groups = prefix_groups(prompts, min_tokens=100, block=32)
     assert groups == [PrefixGroup(["a", "b", "d"], 100, prefix_key(base, 100, 32) or "")]
     # threshold smaller than a block
-    groups = prefix_groups({"x": [5, 6, 7, 8], "y": [5, 6, 7, 9], "z": [5, 0]}, min_tokens=3, block=32)
+    small = {"x": [5, 6, 7, 8], "y": [5, 6, 7, 9], "z": [5, 0]}
+    groups = prefix_groups(small, min_tokens=3, block=32)
     assert [(g.members, g.shared_tokens) for g in groups] == [(["x", "y"], 3)]
     # identical prompts share everything
     same = prefix_groups({"p": base, "q": list(base)}, min_tokens=256, block=16)
@@ -144,7 +161,8 @@ def test_prefix_groups_several_groups_in_order() -> None:
         "solo": toks(300, 32),
     }
     groups = prefix_groups(prompts)
-    assert [(g.members, g.shared_tokens) for g in groups] == [(["b1", "b2"], 301), (["a1", "a2"], 300)]
+    got = [(g.members, g.shared_tokens) for g in groups]
+    assert got == [(["b1", "b2"], 301), (["a1", "a2"], 300)]
     assert groups[0].key != groups[1].key
     assert prefix_groups({}) == []
     with pytest.raises(ValueError):
