@@ -85,7 +85,7 @@ class MissingValue(PlaceholderError, KeyError):
 
 @dataclass(frozen=True)
 class Placeholder:
-    """One ``{{name}}`` occurrence; ``start``/``end`` are offsets of the braces in ``param``'s text."""
+    """One ``{{name}}`` occurrence; ``start``/``end`` index its braces in ``param``'s text."""
 
     name: str
     param: str

@@ -109,7 +109,10 @@ def test_scan_messages_params_and_parts() -> None:
         (["hi"], "messages[0]"),
         ([{"role": "user", "content": 5}], "messages[0].content"),
         ([{"role": "user", "content": ["x"]}], "messages[0].content[0]"),
-        ([{"role": "user", "content": [{"type": "text", "text": 3}]}], "messages[0].content[0].text"),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": 3}]}],
+            "messages[0].content[0].text",
+        ),
         ([{"role": "user", "content": [{"type": "text"}]}], "messages[0].content[0].text"),
         ([{"content": "ok"}, {"content": "{{ bad }}"}], "messages[1].content"),
     ],
@@ -227,7 +230,8 @@ def test_escape_examples() -> None:
 
 
 def test_pathological_inputs_are_linear() -> None:
-    assert find_placeholders("\\" * 200_001 + "{" * 3) == [] and find_placeholders("\\" * 200_000 + "a") == []
+    assert find_placeholders("\\" * 200_001 + "{" * 3) == []
+    assert find_placeholders("\\" * 200_000 + "a") == []
     assert len(find_placeholders("{{a}}" * 20_000)) == 20_000
 
 
