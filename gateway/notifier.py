@@ -95,6 +95,23 @@ class Waiter:
         self._event.set()
 
 
+def _own_client(redis: str | aioredis.Redis) -> aioredis.Redis:
+    """A private client with client-side retries off: every reconnect goes through _run.
+
+    Given a client, reuse its pool's connection settings (host, auth, TLS...).
+    """
+    no_retry = Retry(NoBackoff(), 0)
+    if isinstance(redis, str):
+        return aioredis.from_url(redis, retry=no_retry)
+    pool = redis.connection_pool
+    kwargs = dict(pool.connection_kwargs)
+    kwargs["retry"] = no_retry
+    for internal in ("maint_notifications_pool_handler", "maint_notifications_config"):
+        kwargs.pop(internal, None)  # bound to the caller's pool
+    own = aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+    return aioredis.Redis.from_pool(own)
+
+
 class Notifier:
     """One pub/sub connection per process, fanning events out to local waiters.
 
@@ -105,15 +122,14 @@ class Notifier:
 
     def __init__(
         self,
-        redis_url: str,
+        redis: str | aioredis.Redis,
         *,
         prefix: str = "parrot",
         ping_interval_s: float = 5.0,
         backoff_min_s: float = 0.05,
         backoff_max_s: float = 2.0,
     ) -> None:
-        # Own client, no hidden retries: every reconnect goes through _run.
-        self._redis = aioredis.from_url(redis_url, retry=Retry(NoBackoff(), 0))
+        self._redis = _own_client(redis)
         self._pattern = channel_pattern(prefix)
         self._ping_interval_s = ping_interval_s
         self._backoff = (backoff_min_s, backoff_max_s)

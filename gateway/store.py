@@ -112,6 +112,9 @@ class RequestRecord:
     error: str | None = None
     replica: str | None = None  # gateway replica that owns it
     max_tokens: int | None = None
+    criteria_effective: str | None = None  # after objective deduction
+    group: str | None = None  # task group (map stage) id
+    prefix_hashes: list[int] = field(default_factory=list)  # block hashes of the prompt
 
     @property
     def queued_ms(self) -> float | None:
@@ -140,6 +143,8 @@ class RequestRecord:
             "queued_ms": self.queued_ms,
             "run_ms": self.run_ms,
             "error": self.error,
+            "criteria_effective": self.criteria_effective,
+            "group": self.group,
         }
 
     def to_json(self) -> str:
@@ -372,6 +377,10 @@ class SessionStore:
         self.recheck_s = recheck_s  # safety re-read while waiting (heals lost messages)
         self._clock = clock
         self._locks = _KeyedLocks()
+
+    def attach_notifier(self, notifier: Notifier) -> None:
+        """Give the store the notifier `wait_variables` sleeps on."""
+        self.notifier = notifier
 
     def keys(self, tenant: str, session: str) -> SessionKeys:
         return SessionKeys.of(self.prefix, tenant, session)

@@ -26,9 +26,12 @@ T, S = "acme", "run-1"
 class Replica:
     """One gateway replica's view: its own client, notifier and store."""
 
-    def __init__(self, url: str, **kw: object) -> None:
+    def __init__(self, url: str, *, share_client: bool = False, **kw: object) -> None:
         self.redis = aioredis.from_url(url)
-        self.notifier = Notifier(url, ping_interval_s=0.5, backoff_max_s=0.2)
+        # the notifier takes a URL or borrows the settings of a client
+        self.notifier = Notifier(
+            self.redis if share_client else url, ping_interval_s=0.5, backoff_max_s=0.2
+        )
         self.store = SessionStore(self.redis, notifier=self.notifier, **kw)  # type: ignore[arg-type]
 
     async def start(self) -> Replica:
@@ -248,7 +251,7 @@ def test_keys_share_one_hash_tag() -> None:
 async def test_wait_wakes_on_set_from_other_replica(
     replicas: Callable[..., asyncio.Future[Replica]],
 ) -> None:
-    a, b = (await replicas()).store, (await replicas()).store
+    a, b = (await replicas()).store, (await replicas(share_client=True)).store
     a.recheck_s = b.recheck_s = 30.0  # only a notification can wake it in time
     await a.register_request(rec("r1", ["q"], "out"))
     await a.put_variable(T, S, "q", "in")
@@ -349,12 +352,16 @@ def test_plan_register_is_pure() -> None:
 async def test_redis_restart() -> None:
     with RedisServer(appendonly=True) as server:
         a = await Replica(server.url).start()
-        b = await Replica(server.url).start()
+        b = await Replica(server.url, share_client=True).start()
         a.store.recheck_s = 30.0
+        b.store.recheck_s = 0.05  # b's waiter re-reads (and fails to) during the outage
+        tasks: list[asyncio.Task[object]] = []
         try:
             await a.store.register_request(rec("r1", [], "x"))
             await a.store.register_request(rec("r2", [], "y"))
             waiting = asyncio.create_task(a.store.wait_variables(T, S, ["x"], timeout=20))
+            polling = asyncio.create_task(b.store.wait_variables(T, S, ["x"], timeout=20))
+            tasks += [waiting, polling]
             await asyncio.sleep(0.1)
 
             server.stop()
@@ -367,21 +374,27 @@ async def test_redis_restart() -> None:
             await asyncio.sleep(0.2)
             assert not a.notifier.connected
 
-            server.start()
-            assert await a.notifier.wait_connected(5) and await b.notifier.wait_connected(5)
-            assert a.notifier.reconnects >= 1
-            assert not waiting.done()  # it rode out the outage
+            with a.notifier.watch(T, S, ["unrelated"]) as w:
+                server.start()
+                assert await a.notifier.wait_connected(5) and await b.notifier.wait_connected(5)
+                assert a.notifier.reconnects >= 1
+                assert await w.wait(1)  # everyone re-reads after a reconnect
+            assert not waiting.done() and not polling.done()  # they rode out the outage
             await b.store.set_result(T, S, "x", "after")  # state survived (AOF)
-            states = await asyncio.wait_for(waiting, 2)
-            assert states["x"].value == "after"
+            for task in (waiting, polling):
+                assert (await asyncio.wait_for(task, 2))["x"].value == "after"
 
             # a fresh waiter after the restart also wakes via the notifier
             t0 = time.monotonic()
             waiting = asyncio.create_task(a.store.wait_variables(T, S, ["y"], timeout=20))
+            tasks.append(waiting)
             await asyncio.sleep(0.1)
             await b.store.set_result(T, S, "y", "fine")
             assert (await asyncio.wait_for(waiting, 2))["y"].status == "ready"
             assert time.monotonic() - t0 < 0.6
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await a.close()
             await b.close()
