@@ -3,7 +3,8 @@
 Steady state with a queue of N ready jobs and E engines of 8 slots each:
 every step finishes one in-flight job, submits a new one (so the queue stays
 at N) and calls ``schedule``. Reported: microseconds per dispatched job for
-submit + schedule + prefill/finish events, and for ``schedule`` alone.
+submit + schedule + prefill/finish events, and for ``schedule`` alone (best
+of ``--repeat`` runs, since shared machines are noisy).
 Prompts are 1,024 tokens, half of them behind one of 8 shared 512-token
 system prompts; 30 % are throughput jobs, 10 % come in task groups of 8;
 four tenants. Run: ``python -m benchmarks.sched_cost [--steps 2000]``.
@@ -97,6 +98,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--engines", type=int, nargs="*", default=[1, 4, 16, 64])
     ap.add_argument("--queued", type=int, nargs="*", default=[100, 1000, 10000])
+    ap.add_argument("--repeat", type=int, default=3, help="best of N runs (noise)")
     ap.add_argument("--policies", nargs="*", default=["parrot", "least_loaded", "round_robin"])
     args = ap.parse_args()
     head = f"{'policy':<13}{'engines':>8}{'queued':>8}{'us/decision':>13}{'us schedule()':>15}"
@@ -105,7 +107,8 @@ def main() -> None:
     for policy in args.policies:
         for engines in args.engines:
             for queued in args.queued:
-                total, sched = run(policy, engines, queued, args.steps)
+                runs = [run(policy, engines, queued, args.steps) for _ in range(args.repeat)]
+                total, sched = min(runs)
                 print(f"{policy:<13}{engines:>8}{queued:>8}{total:>13.1f}{sched:>15.1f}")
 
 

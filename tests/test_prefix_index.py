@@ -51,7 +51,7 @@ def test_pending_blocks_resolve_or_abort() -> None:
     assert idx.match("e", full).resident == 3 and idx.match("e", full).pending == 0
     idx.insert("e", full, leader="L2")
     idx.resolve("e", full, "L2")
-    assert idx.match("e", full) .resident == 10
+    assert idx.match("e", full).resident == 10
 
 
 def test_lru_evicts_leaves_first_within_capacity() -> None:
