@@ -37,6 +37,8 @@ def _is_loopback(host: str) -> bool:
 
 def serve(args: argparse.Namespace) -> int:
 
+    import uvicorn
+
     from .app import create_app
     from .embedded import start_embedded
 
