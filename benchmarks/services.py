@@ -1,0 +1,206 @@
+"""The processes a benchmark run needs, started once and stopped together:
+a real redis-server, simulated engines (or given engine URLs), parrot-gateway
+and SGLang Model Gateway (``smg``), each a child process on a free loopback
+port with its log under the output directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from gateway.redis_server import RedisServer, free_port
+
+
+class ServiceError(RuntimeError):
+    pass
+
+
+def _wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float, what: str,
+               ok: tuple[int, ...] = (200,)) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"{what} exited with code {proc.returncode} (see its log)")
+        try:
+            if httpx.get(url, timeout=1.0).status_code in ok:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise ServiceError(f"{what} not ready at {url} after {timeout:.0f}s")
+
+
+@dataclass
+class Services:
+    """Everything one ``bench`` invocation runs against."""
+
+    log_dir: Path
+    engines: list[str] = field(default_factory=list)
+    simulated: bool = False
+    profile: str = "h100-llama3-8b"
+    time_scale: float = 1.0
+    gateway: str | None = None
+    router: str | None = None
+    router_note: str | None = None
+    model: str = "default"
+    model_path: str | None = None
+    redis: RedisServer | None = None
+    procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    _logs: list[IO[bytes]] = field(default_factory=list)
+
+    # -------------------------------------------------------------- start
+
+    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._logs.append(log)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        self.procs.append((name, proc))
+        return proc
+
+    def start_engines(self, n: int, profile: str, time_scale: float, seed: int = 0) -> None:
+        self.simulated, self.profile, self.time_scale = True, profile, time_scale
+        pending = []
+        for i in range(n):
+            port = free_port()
+            proc = self._spawn(f"sim{i}", [
+                sys.executable, "-m", "gateway.cli", "sim", "--host", "127.0.0.1", "--port", str(port),
+                "--profile", profile, "--time-scale", str(time_scale), "--seed", str(seed + i),
+                "--log-level", "warning",
+            ])
+            self.engines.append(f"http://127.0.0.1:{port}")
+            pending.append((proc, self.engines[-1]))
+        for proc, url in pending:
+            _wait_http(url + "/health", proc, 60, f"simulated engine {url}")
+        self._model_info()
+
+    def use_backends(self, urls: list[str]) -> None:
+        self.engines = [u.rstrip("/") for u in urls]
+        self._model_info()
+
+    def _model_info(self) -> None:
+        url = self.engines[0]
+        try:
+            models = httpx.get(url + "/v1/models", timeout=5).json()
+            self.model = models["data"][0]["id"]
+        except (httpx.HTTPError, KeyError, IndexError, ValueError):
+            self.model = "default"
+        for path in ("/get_model_info", "/model_info"):
+            try:
+                info = httpx.get(url + path, timeout=5).json()
+                self.model_path = info.get("model_path") or info.get("tokenizer_path")
+                if self.model_path:
+                    break
+            except (httpx.HTTPError, ValueError):
+                continue
+
+    def start_gateway(self, extra: list[str] | None = None) -> None:
+        if self.redis is None:
+            self.redis = RedisServer().start()
+        port = free_port()
+        cmd = [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
+               "--redis", self.redis.url, "--backend-kind", "sglang", "--log-level", "warning"]
+        for u in self.engines:
+            cmd += ["--backend", u]
+        proc = self._spawn("gateway", cmd + list(extra or []))
+        self.gateway = f"http://127.0.0.1:{port}"
+        _wait_http(self.gateway + "/ready", proc, 60, "parrot-gateway")
+
+    def start_router(self) -> bool:
+        """SGLang Model Gateway in front of the same engines; False (with a note) if absent."""
+        binary = shutil.which("smg")
+        if binary is None:
+            self.router_note = "smg not found (pip install sglang-router); sglang-router skipped"
+            return False
+        port = free_port()
+        cmd = [binary, "launch", "--host", "127.0.0.1", "--port", str(port), "--policy", "cache_aware",
+               "--log-level", "warn", "--worker-urls", *self.engines]
+        if self.model_path:
+            cmd += ["--tokenizer-path", self.model_path]
+        proc = self._spawn("smg", cmd)
+        self.router = f"http://127.0.0.1:{port}"
+        try:
+            _wait_http(self.router + "/health", proc, 60, "smg")
+            _wait_http(self.router + "/v1/models", proc, 30, "smg workers")
+        except ServiceError as exc:
+            self.router_note = f"smg failed to start: {exc}; sglang-router skipped"
+            self.router = None
+            return False
+        return True
+
+    # -------------------------------------------------------------- engine control
+
+    async def flush(self, client: httpx.AsyncClient, attempts: int = 100) -> None:
+        """Empty every engine's prefix cache (retrying while requests drain)."""
+        for url in self.engines:
+            for _ in range(attempts):
+                try:
+                    r = await client.post(url + "/flush_cache", timeout=10)
+                    if r.status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                await asyncio.sleep(0.05)
+
+    async def busy_seconds(self, client: httpx.AsyncClient) -> float | None:
+        """Sum of the engines' simulated busy time (unscaled), if they export it."""
+        total, seen = 0.0, False
+        for url in self.engines:
+            try:
+                text = (await client.get(url + "/metrics", timeout=5)).text
+            except httpx.HTTPError:
+                continue
+            m = re.search(r"^sim:busy_seconds_total(?:\{[^}]*\})?\s+([0-9.eE+-]+)", text, re.M)
+            if m:
+                total += float(m.group(1))
+                seen = True
+        return total if seen else None
+
+    # -------------------------------------------------------------- stop
+
+    def stop(self) -> None:
+        for _, proc in reversed(self.procs):
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+        if self.redis is not None:
+            self.redis.cleanup()
+            self.redis = None
+
+    def __enter__(self) -> Services:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    @property
+    def label(self) -> str:
+        if self.simulated:
+            return f"simulated:{self.profile}"
+        return ",".join(self.engines)
+
+    @property
+    def long_label(self) -> str:
+        if self.simulated:
+            return (f"simulated:{self.profile}, time-scale {self.time_scale:g} "
+                    f"({len(self.engines)} engines, CPU stand-ins, not GPUs)")
+        return f"engines {', '.join(self.engines)}"
