@@ -429,7 +429,7 @@ class SessionStore:
 
     @staticmethod
     async def _load_vars(
-        pipe: Pipeline, keys: SessionKeys, names: Iterable[str]
+        pipe: Redis, keys: SessionKeys, names: Iterable[str]
     ) -> dict[str, Variable | None]:
         names = list(dict.fromkeys(names))
         if not names:
@@ -563,7 +563,7 @@ class SessionStore:
     async def get_variables(
         self, tenant: str, session: str, names: list[str]
     ) -> dict[str, Variable | None]:
-        return await self._load_vars(self._redis, self.keys(tenant, session), names)  # type: ignore[arg-type]
+        return await self._load_vars(self._redis, self.keys(tenant, session), names)
 
     @_store_errors
     async def list_variables(self, tenant: str, session: str) -> list[Variable]:

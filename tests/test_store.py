@@ -32,7 +32,9 @@ class Replica:
         self.notifier = Notifier(
             self.redis if share_client else url, ping_interval_s=0.5, backoff_max_s=0.2
         )
-        self.store = SessionStore(self.redis, notifier=self.notifier, **kw)  # type: ignore[arg-type]
+        self.store = SessionStore(
+            self.redis, notifier=self.notifier, **kw  # type: ignore[arg-type]
+        )
 
     async def start(self) -> Replica:
         assert await self.notifier.start(timeout=5)
