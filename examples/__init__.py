@@ -1,0 +1,1 @@
+"""Runnable example applications for parrot-gateway (each has ``main(argv) -> dict``)."""
