@@ -36,7 +36,7 @@ from .errors import ParrotError
 from .limits import RateLimiter
 from .metrics import Metrics
 from .notifier import Notifier
-from .policy import Scheduler, SchedulerConfig
+from .policy import SchedulerConfig, make_scheduler
 from .scheduler import Dispatcher
 from .sessions import Sessions
 from .settings import Settings
@@ -90,14 +90,7 @@ def build_gateway(
         breaker_reset_s=settings.breaker_reset_s,
         max_inflight_per_engine=settings.max_inflight_per_engine,
     )
-    policy = Scheduler(
-        SchedulerConfig(
-            block_tokens=settings.prefix_block_tokens,
-            warmup_min_tokens=settings.warmup_min_tokens,
-            balance_abs_threshold=settings.balance_abs_threshold,
-            balance_rel_threshold=settings.balance_rel_threshold,
-        )
-    )
+    policy = make_scheduler(settings.scheduler_policy, SchedulerConfig.from_settings(settings))
     dispatcher = Dispatcher(policy, pool, metrics, retry_budget=settings.retry_budget)
     completions = Completions(pool, dispatcher, metrics)
     url = redis_url or settings.redis

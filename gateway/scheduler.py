@@ -30,7 +30,7 @@ from gateway.types import JSON
 from .engines import EnginePool, EngineState
 from .errors import EngineError, GatewayTimeout, ParrotError, ServiceUnavailable
 from .metrics import Metrics
-from .policy import Dispatch, Job, Scheduler, Warmup
+from .policy import Dispatch, Job, Policy, Warmup
 
 log = logging.getLogger("parrot.scheduler")
 
@@ -74,7 +74,7 @@ def map_failure(exc: EngineFailure) -> ParrotError:
 class Dispatcher:
     def __init__(
         self,
-        policy: Scheduler,
+        policy: Policy,
         pool: EnginePool,
         metrics: Metrics,
         *,

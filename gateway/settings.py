@@ -65,6 +65,9 @@ class Settings(BaseModel):
     breaker_failures: int = Field(3, ge=1, description="Failures that open an engine's breaker.")
     breaker_reset_s: float = Field(5.0, gt=0, description="Open-breaker cool-down.")
     # scheduling
+    scheduler_policy: Literal["parrot", "round_robin", "least_loaded"] = Field(
+        "parrot", description="Scheduling policy; the baselines exist for comparison."
+    )
     prefix_block_tokens: int = Field(32, ge=1, description="Token block size for prefix hashing.")
     warmup_min_tokens: int = Field(256, ge=1, description="Shared-prefix size that triggers warm-up.")
     balance_abs_threshold: int = Field(32, ge=0, description="In-flight gap that overrides affinity.")
