@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 from .workloads import SIZES, WORKLOADS
@@ -108,6 +109,7 @@ def _run_workloads(args: argparse.Namespace, workloads: list[str], systems: list
             svc.start_gateway()
         if "sglang-router" in systems and not svc.start_router():
             console.print(f"[yellow]{svc.router_note}[/yellow]")
+        time.sleep(1.0)  # let freshly started processes settle (imports, first health checks)
         summary = asyncio.run(run_benchmark(
             cfg, svc, log=lambda m: console.print(m, markup=False, highlight=False)))
     charts = write_charts(summary, out)
