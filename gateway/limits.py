@@ -1,13 +1,23 @@
-"""Per-tenant rate limits (requests/min, tokens/min), counted in Redis so they hold
-across replicas. Fixed one-minute windows; a Redis outage fails open (plain
-proxying keeps working) and is logged.
+"""Per-tenant limits counted in Redis, so they hold across gateway replicas.
+
+- requests/min and tokens/min: fixed one-minute windows (``INCRBY`` + ``EXPIRE``).
+  A Redis outage fails open here: plain proxying keeps working, and it is logged.
+- concurrent sessions (``max_sessions``): a sorted set per tenant, member = session
+  id, score = the time the session stops counting (its last activity + TTL).
+  Admission is one Lua script (trim expired, refresh or count-and-add), so two
+  replicas cannot both admit the last slot. Sessions need Redis anyway, so an
+  outage here is a 503, not an open door.
+
+Over a limit is 429 with ``Retry-After``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -15,9 +25,46 @@ from redis.exceptions import RedisError
 from gateway.types import JSON
 
 from .auth import Principal
-from .errors import RateLimited
+from .errors import RateLimited, ServiceUnavailable
 
 log = logging.getLogger("parrot.limits")
+
+WINDOW_S = 60
+
+# KEYS[1] tenant zset; ARGV: now, expiry, cap, session, key ttl.
+# Returns -1 when admitted, else the earliest expiry among the live sessions.
+_ADMIT = """
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+if redis.call('ZSCORE', key, ARGV[4]) or redis.call('ZCARD', key) < tonumber(ARGV[3]) then
+  redis.call('ZADD', key, ARGV[2], ARGV[4])
+  redis.call('EXPIRE', key, ARGV[5])
+  return -1
+end
+local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+return first[2]
+"""
+
+
+@dataclass(frozen=True)
+class WindowDecision:
+    """Pure outcome of one fixed-window count."""
+
+    allowed: bool
+    retry_after_s: float
+
+
+def window_of(now: float) -> tuple[int, float]:
+    """(window index, seconds until the next window) for a fixed one-minute window."""
+    return int(now // WINDOW_S), WINDOW_S - (now % WINDOW_S)
+
+
+def judge(count: int | None, limit: int, now: float) -> WindowDecision:
+    """``count`` after this request's increment (None: store down, fail open)."""
+    if count is None or count <= limit:
+        return WindowDecision(True, 0.0)
+    return WindowDecision(False, window_of(now)[1])
 
 
 class RateLimiter:
@@ -25,13 +72,16 @@ class RateLimiter:
         self.redis = redis
         self.prefix = prefix
 
+    def _key(self, tenant: str, *parts: object) -> str:
+        return ":".join([self.prefix, "rl", quote(tenant, safe=""), *map(str, parts)])
+
     async def _bump(self, key: str, amount: int) -> int | None:
         if self.redis is None:
             return None
         try:
             pipe = self.redis.pipeline(transaction=True)
             pipe.incrby(key, amount)
-            pipe.expire(key, 61)
+            pipe.expire(key, WINDOW_S + 1)
             count, _ = await pipe.execute()
             return int(count)
         except (RedisError, OSError) as exc:
@@ -39,28 +89,64 @@ class RateLimiter:
             return None
 
     async def check_request(self, principal: Principal, body: JSON) -> None:
+        """429 when the tenant is over its requests/min or tokens/min."""
         spec = principal.spec
         if spec is None or (spec.rpm is None and spec.tpm is None):
             return
-        window = int(time.time() // 60)
-        retry_after = 60 - (time.time() % 60)
+        now = time.time()
+        window, _ = window_of(now)
         if spec.rpm is not None:
-            n = await self._bump(f"{self.prefix}:rl:{principal.tenant}:rpm:{window}", 1)
-            if n is not None and n > spec.rpm:
+            n = await self._bump(self._key(principal.tenant, "rpm", window), 1)
+            d = judge(n, spec.rpm, now)
+            if not d.allowed:
                 raise RateLimited(
-                    f"tenant over {spec.rpm} requests per minute", retry_after=retry_after
+                    f"tenant over {spec.rpm} requests per minute", retry_after=d.retry_after_s
                 )
         if spec.tpm is not None:
-            n = await self._bump(
-                f"{self.prefix}:rl:{principal.tenant}:tpm:{window}", _requested_tokens(body)
-            )
-            if n is not None and n > spec.tpm:
+            n = await self._bump(self._key(principal.tenant, "tpm", window), requested_tokens(body))
+            d = judge(n, spec.tpm, now)
+            if not d.allowed:
                 raise RateLimited(
-                    f"tenant over {spec.tpm} tokens per minute", retry_after=retry_after
+                    f"tenant over {spec.tpm} tokens per minute", retry_after=d.retry_after_s
                 )
 
+    # -- concurrent sessions ------------------------------------------------------------
+    def _sessions_key(self, tenant: str) -> str:
+        return f"{self.prefix}:tenant:{{{quote(tenant, safe='')}}}:sessions"
 
-def _requested_tokens(body: JSON) -> int:
+    async def admit_session(self, principal: Principal, session: str, ttl_s: float) -> None:
+        """Count ``session`` as live for ``ttl_s`` more seconds; 429 past ``max_sessions``."""
+        spec = principal.spec
+        if spec is None or spec.max_sessions is None or self.redis is None:
+            return
+        now = time.time()
+        try:
+            res: Any = await self.redis.eval(  # type: ignore[misc]
+                _ADMIT, 1, self._sessions_key(principal.tenant),
+                now, now + ttl_s, spec.max_sessions, session, int(ttl_s) + 1,
+            )
+        except (RedisError, OSError) as exc:
+            raise ServiceUnavailable("state store unavailable") from exc
+        if int(float(res)) == -1:
+            return
+        raise RateLimited(
+            f"tenant has {spec.max_sessions} live sessions (max_sessions); delete one or wait",
+            retry_after=max(1.0, float(res) - now),
+            code="too_many_sessions",
+        )
+
+    async def release_session(self, principal: Principal, session: str) -> None:
+        """The session was deleted: free its slot (best effort)."""
+        spec = principal.spec
+        if spec is None or spec.max_sessions is None or self.redis is None:
+            return
+        try:
+            await self.redis.zrem(self._sessions_key(principal.tenant), session)
+        except (RedisError, OSError) as exc:
+            log.warning("could not release a session slot (%s)", type(exc).__name__)
+
+
+def requested_tokens(body: JSON) -> int:
     """A cheap upper-bound estimate: prompt characters / 4 plus max_tokens."""
     chars = 0
     messages: Any = body.get("messages")
@@ -71,5 +157,10 @@ def _requested_tokens(body: JSON) -> int:
     prompt = body.get("prompt")
     if prompt is not None:
         chars += len(str(prompt))
-    mt = body.get("max_tokens") or body.get("max_completion_tokens") or 256
-    return chars // 4 + (mt if isinstance(mt, int) else 256)
+    mt = body.get("max_completion_tokens") or body.get("max_tokens") or 256
+    n = body.get("n")
+    per_choice = mt if isinstance(mt, int) and not isinstance(mt, bool) else 256
+    return chars // 4 + per_choice * (n if isinstance(n, int) and 0 < n <= 128 else 1)
+
+
+_requested_tokens = requested_tokens  # old private name
