@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +18,7 @@ if TYPE_CHECKING:
     from .app import Gateway
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SESSION_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -56,6 +58,9 @@ async def _completion(request: Request, route: Route) -> Response:
     await gw.limits.check_request(principal, body)
     rid = request.state.request_id
     if gw.sessions.is_semantic(request.headers):
+        sid = request.headers.get("x-parrot-session", "")
+        if SESSION_ID.match(sid):  # a bad id is refused with 400 by sessions.handle
+            await gw.limits.admit_session(principal, sid, gw.settings.session_ttl_s)
         return await gw.sessions.handle(request, route, body, principal)
     tenant = principal.tenant if gw.auth.enabled else str(body.get("user") or principal.tenant)
     ctx = RequestContext(request_id=rid, tenant=tenant, weight=principal.weight)

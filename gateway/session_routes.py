@@ -46,6 +46,7 @@ async def put_variable(request: Request) -> Response:
         value = PutVariable.model_validate(body).value
     except ValidationError as exc:
         raise BadRequest('body must be {"value": "<string>"}', param="value") from exc
+    await gw.limits.admit_session(principal, sid, gw.settings.session_ttl_s)
     var = await gw.store.put_variable(principal.tenant, sid, name, value)
     return JSONResponse(var.to_public())
 
@@ -84,6 +85,7 @@ async def delete_session(request: Request) -> Response:
     if not await gw.store.session_exists(principal.tenant, sid):
         raise NotFound(f"session '{sid}' not found", code="session_not_found")
     await asyncio.shield(gw.sessions.cancel_session(principal.tenant, sid))
+    await gw.limits.release_session(principal, sid)
     return JSONResponse({"session": sid, "deleted": True})
 
 
