@@ -48,8 +48,14 @@ class Principal:
         return self.spec.weight if self.spec else 1.0
 
     def check_model(self, model: str | None) -> None:
-        if self.spec is None or model is None or "*" in self.spec.models:
+        """403 unless the key may use ``model``; a restricted key must name its model
+        (the gateway's default model may not be one it is allowed)."""
+        if self.spec is None or "*" in self.spec.models:
             return
+        if model is None:
+            raise PermissionDenied(
+                "this key is restricted to some models: name one in 'model'", param="model"
+            )
         if model not in self.spec.models:
             raise PermissionDenied(f"this key may not use model '{model}'", param="model")
 
