@@ -125,7 +125,9 @@ class Session(_Base):
             if base_url is None:
                 raise ValueError("pass an openai.OpenAI client or base_url")
             kw: dict[str, Any] = {"http_client": http_client} if http_client is not None else {}
-            client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=max_retries, **kw)
+            client = openai.OpenAI(
+                base_url=base_url, api_key=api_key, max_retries=max_retries, **kw
+            )
         self.client = client
 
     # -- context -----------------------------------------------------------
@@ -164,7 +166,10 @@ class Session(_Base):
     def state(self, name: str, wait: float = 0.0) -> VariableState:
         """One GET of the variable's state, long-polling up to ``wait`` (≤ 60) seconds."""
         path = proto.variable_path(self.id, proto.check_name(name))
-        options: dict[str, Any] = {"params": {"wait": f"{wait:g}"}, "timeout": wait + proto.POLL_SLACK_S}
+        options: dict[str, Any] = {
+            "params": {"wait": f"{wait:g}"},
+            "timeout": wait + proto.POLL_SLACK_S,
+        }
         with _translated():
             data = self.client.get(path, cast_to=object, options=options)
         return VariableState.from_json(data)  # type: ignore[arg-type]
@@ -190,7 +195,8 @@ class Session(_Base):
     def graph(self) -> dict[str, Any]:
         """The session graph: requests, edges, critical path, prefix groups."""
         with _translated():
-            return self.client.get(proto.session_path(self.id), cast_to=object)  # type: ignore[no-any-return]
+            graph = self.client.get(proto.session_path(self.id), cast_to=object)
+        return graph  # type: ignore[return-value]
 
     def close(self) -> None:
         """DELETE the session: cancel pending work, drop its variables (idempotent)."""
@@ -311,12 +317,17 @@ class AsyncSession(_Base):
     async def state(self, name: str, wait: float = 0.0) -> VariableState:
         """One GET of the variable's state, long-polling up to ``wait`` (≤ 60) seconds."""
         path = proto.variable_path(self.id, proto.check_name(name))
-        options: dict[str, Any] = {"params": {"wait": f"{wait:g}"}, "timeout": wait + proto.POLL_SLACK_S}
+        options: dict[str, Any] = {
+            "params": {"wait": f"{wait:g}"},
+            "timeout": wait + proto.POLL_SLACK_S,
+        }
         with _translated():
             data = await self.client.get(path, cast_to=object, options=options)
         return VariableState.from_json(data)  # type: ignore[arg-type]
 
-    async def get(self, name: str, wait: float | None = None, *, timeout: float | None = None) -> str:
+    async def get(
+        self, name: str, wait: float | None = None, *, timeout: float | None = None
+    ) -> str:
         """The value of ``name``; see :meth:`Session.get`."""
         limit = timeout if wait is None else wait
         start = time.monotonic()
@@ -331,7 +342,8 @@ class AsyncSession(_Base):
     async def graph(self) -> dict[str, Any]:
         """The session graph: requests, edges, critical path, prefix groups."""
         with _translated():
-            return await self.client.get(proto.session_path(self.id), cast_to=object)  # type: ignore[no-any-return]
+            graph = await self.client.get(proto.session_path(self.id), cast_to=object)
+        return graph  # type: ignore[return-value]
 
     async def close(self) -> None:
         """DELETE the session: cancel pending work, drop its variables (idempotent)."""

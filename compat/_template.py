@@ -64,7 +64,9 @@ def parse(text: str) -> list[Segment]:
         name = text[m.end() : close] if close >= 0 else ""
         if close < 0 or not is_valid_name(name):
             snippet = text[m.end() - 2 : (close + 2 if close >= 0 else m.end() + 30)]
-            raise TemplateError(f"invalid placeholder {snippet!r} (write \\{{{{ for a literal {{{{)")
+            raise TemplateError(
+                f"invalid placeholder {snippet!r} (write \\{{{{ for a literal {{{{)"
+            )
         out.append("".join(lit))
         lit = []
         out.append(Ref(name))

@@ -18,7 +18,8 @@ sets the headers and keeps values on the server:
 Example (see examples/langchain_lcel.py)::
 
     with Session(base_url=url) as s:
-        outline = (outline_prompt | parrot_submit(s, max_tokens=64)).invoke({"topic": "radix trees"})
+        submit = parrot_submit(s, max_tokens=64)
+        outline = (outline_prompt | submit).invoke({"topic": "radix trees"})
         chain = draft_prompt | parrot_chat(s, max_tokens=128) | StrOutputParser()
         print(chain.invoke(template_inputs({"outline": outline})))
 """

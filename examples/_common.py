@@ -31,7 +31,9 @@ def parser(description: str) -> argparse.ArgumentParser:
         action="store_true",
         help="orchestrate on the client (each step waits for its inputs) for comparison",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--seed", type=int, default=0, help="document seed, also sent as the sampling seed"
+    )
     return p
 
 
@@ -77,8 +79,9 @@ def timed(mode: str, requests: int, run: Callable[[], Any]) -> Outcome:
 class PlainClient:
     """The client-side baseline: plain OpenAI calls, no session headers."""
 
-    def __init__(self, base_url: str, api_key: str, model: str | None) -> None:
+    def __init__(self, base_url: str, api_key: str, model: str | None, seed: int = 0) -> None:
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key)
+        self.seed = seed
         self.model = model or self.client.models.list().data[0].id
 
     def complete(self, prompt: str, max_tokens: int) -> str:
@@ -86,6 +89,7 @@ class PlainClient:
             model=self.model,
             messages=[{"role": "user", "content": prompt}],
             max_tokens=max_tokens,
+            seed=self.seed,
         )
         return r.choices[0].message.content or ""
 

@@ -29,11 +29,11 @@ REFINE = (
 )
 
 
-def run_gateway(s: Session, chunks: list[str], output_tokens: int) -> str:
-    @semantic_function(FIRST, max_tokens=output_tokens)
+def run_gateway(s: Session, chunks: list[str], output_tokens: int, seed: int = 0) -> str:
+    @semantic_function(FIRST, max_tokens=output_tokens, seed=seed)
     def first(chunk): ...  # type: ignore[no-untyped-def]
 
-    @semantic_function(REFINE, max_tokens=output_tokens)
+    @semantic_function(REFINE, max_tokens=output_tokens, seed=seed)
     def refine(summary, chunk): ...  # type: ignore[no-untyped-def]
 
     summary = first(chunk=chunks[0], session=s)
@@ -58,12 +58,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     chunks = document(a.chunks, a.chunk_words, a.seed)
     out: Outcome
     if a.client_side:
-        c = PlainClient(a.base_url, a.api_key, a.model)
+        c = PlainClient(a.base_url, a.api_key, a.model, a.seed)
         out = timed("client-side", a.chunks, lambda: run_client_side(c, chunks, a.output_tokens))
     else:
         with Session(base_url=a.base_url, api_key=a.api_key, default_model=a.model) as s:
             s.model()  # resolve the model before the clock starts
-            out = timed("gateway", a.chunks, lambda: run_gateway(s, chunks, a.output_tokens))
+            out = timed(
+                "gateway", a.chunks, lambda: run_gateway(s, chunks, a.output_tokens, a.seed)
+            )
             s.close()
     print("final summary:", preview(out.result))
     return out.as_dict()

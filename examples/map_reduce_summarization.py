@@ -31,11 +31,11 @@ REDUCE = (
 )
 
 
-def run_gateway(s: Session, chunks: list[str], output_tokens: int) -> str:
-    @semantic_function(MAP, max_tokens=output_tokens)
+def run_gateway(s: Session, chunks: list[str], output_tokens: int, seed: int = 0) -> str:
+    @semantic_function(MAP, max_tokens=output_tokens, seed=seed)
     def summarize(chunk): ...  # type: ignore[no-untyped-def]
 
-    @semantic_function(REDUCE, max_tokens=output_tokens)
+    @semantic_function(REDUCE, max_tokens=output_tokens, seed=seed)
     def combine(summaries): ...  # type: ignore[no-untyped-def]
 
     parts = [summarize(chunk=c, session=s) for c in chunks]
@@ -58,12 +58,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     n = a.chunks + 1
     out: Outcome
     if a.client_side:
-        c = PlainClient(a.base_url, a.api_key, a.model)
+        c = PlainClient(a.base_url, a.api_key, a.model, a.seed)
         out = timed("client-side", n, lambda: run_client_side(c, chunks, a.output_tokens))
     else:
         with Session(base_url=a.base_url, api_key=a.api_key, default_model=a.model) as s:
             s.model()
-            out = timed("gateway", n, lambda: run_gateway(s, chunks, a.output_tokens))
+            out = timed("gateway", n, lambda: run_gateway(s, chunks, a.output_tokens, a.seed))
             s.close()
     print("final summary:", preview(out.result))
     return out.as_dict()

@@ -48,17 +48,19 @@ def file_names(n: int) -> list[str]:
     return [f"module_{i}.py" for i in range(n)]
 
 
-def run_gateway(s: Session, task: str, files: int, rounds: int, tokens: int) -> list[str]:
-    @semantic_function(ARCHITECT, max_tokens=tokens)
+def run_gateway(
+    s: Session, task: str, files: int, rounds: int, tokens: int, seed: int = 0
+) -> list[str]:
+    @semantic_function(ARCHITECT, max_tokens=tokens, seed=seed)
     def architect(task): ...  # type: ignore[no-untyped-def]
 
-    @semantic_function(PROGRAM, max_tokens=tokens)
+    @semantic_function(PROGRAM, max_tokens=tokens, seed=seed)
     def program(design, file): ...  # type: ignore[no-untyped-def]
 
-    @semantic_function(REVIEW, max_tokens=tokens)
+    @semantic_function(REVIEW, max_tokens=tokens, seed=seed)
     def review(design, files, file): ...  # type: ignore[no-untyped-def]
 
-    @semantic_function(REVISE, max_tokens=tokens)
+    @semantic_function(REVISE, max_tokens=tokens, seed=seed)
     def revise(design, files, review, file): ...  # type: ignore[no-untyped-def]
 
     names = file_names(files)
@@ -105,12 +107,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = (task, a.files, a.rounds, a.output_tokens)
     out: Outcome
     if a.client_side:
-        c = PlainClient(a.base_url, a.api_key, a.model)
+        c = PlainClient(a.base_url, a.api_key, a.model, a.seed)
         out = timed("client-side", n, lambda: run_client_side(c, *args))
     else:
         with Session(base_url=a.base_url, api_key=a.api_key, default_model=a.model) as s:
             s.model()
-            out = timed("gateway", n, lambda: run_gateway(s, *args))
+            out = timed("gateway", n, lambda: run_gateway(s, *args, seed=a.seed))
             s.close()
     for name, src in zip(file_names(a.files), out.result):
         print(f"{name}: {preview(src, 60)}")
