@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
     from .app import Gateway
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+CLIENT_CLOSED = 499  # nginx's code: nobody reads this response
 SESSION_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 
@@ -70,8 +72,35 @@ async def _completion(request: Request, route: Route) -> Response:
         except StopAsyncIteration:
             chunks = _empty()
         return streaming(chunks)
-    outcome = await gw.completions.complete(route, body, ctx)
-    return JSONResponse(outcome.body)
+    task = asyncio.ensure_future(gw.completions.complete(route, body, ctx))
+    try:
+        if not await finished_before_disconnect(request, task):
+            task.cancel()  # the client left: free the engine (it aborts on our disconnect)
+            return Response(status_code=CLIENT_CLOSED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    return JSONResponse(task.result().body)
+
+
+async def finished_before_disconnect(request: Request, task: asyncio.Future[Any]) -> bool:
+    """Wait for ``task`` or the client's disconnect, whichever comes first.
+
+    Starlette does not cancel a handler whose client went away, so a
+    non-streaming call would keep its engine busy for nothing; the caller
+    decides what to cancel (a semantic request may still be needed).
+    """
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    return task.done()
 
 
 async def _empty() -> AsyncIterator[JSON]:
