@@ -38,6 +38,7 @@ class RequestContext:
     latency_critical: bool = True
     group: str | None = None
     weight: float = 1.0
+    prompt_tokens: list[int] | None = None  # already tokenized (semantic requests)
 
 
 def prompt_text(route: Route, body: JSON) -> str:
@@ -102,7 +103,8 @@ class Completions:
         return Job(
             id=f"{ctx.request_id}:{uuid.uuid4().hex[:8]}",
             tenant=ctx.tenant,
-            prompt_tokens=prompt_tokens(route, body),
+            prompt_tokens=ctx.prompt_tokens if ctx.prompt_tokens is not None
+            else prompt_tokens(route, body),
             max_tokens=max_tokens_of(body),
             latency_critical=ctx.latency_critical,
             group=ctx.group,

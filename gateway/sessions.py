@@ -318,15 +318,15 @@ class Sessions:
         ctx.group = groups.get(rec.id)
         ctx.request_id = rec.id
         tokens = prompt_tokens(route, engine_body)
+        ctx.prompt_tokens = tokens
         from analysis.prefix import block_hashes
 
         hashes = block_hashes(tokens, self.settings.prefix_block_tokens)[:PREFIX_HASH_BLOCKS]
-        await self.store.update_request(
-            rec.tenant, rec.session, rec.id, status="queued", ready_at=time.time(),
-            prompt_tokens=len(tokens), prefix_hashes=hashes,
-            criteria_effective="latency" if ctx.latency_critical else "throughput",
-            group=ctx.group,
-        )
+        rec.status, rec.ready_at, rec.prompt_tokens = "queued", time.time(), len(tokens)
+        rec.prefix_hashes = hashes
+        rec.criteria_effective = "latency" if ctx.latency_critical else "throughput"
+        rec.group = ctx.group
+        await self.store.save_request(rec)
         return engine_body
 
     async def _fail(self, rec: RequestRecord, exc: BaseException) -> None:
@@ -338,29 +338,30 @@ class Sessions:
             reason = f"internal_error: {exc!r}"
         if isinstance(exc, UpstreamFailed):
             reason = f"upstream_failed: {exc.message}"
-        status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
+        rec.status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "failed"
+        rec.finished_at, rec.error = time.time(), reason
         try:
             if rec.output:
-                await self.store.fail_variable(rec.tenant, rec.session, rec.output, reason)
-                self.metrics.variables.labels("failed").inc()
-            await self.store.update_request(
-                rec.tenant, rec.session, rec.id, status=status, finished_at=time.time(), error=reason
-            )
+                if await self.store.fail_variable(rec.tenant, rec.session, rec.output, reason,
+                                                  record=rec):
+                    self.metrics.variables.labels("failed").inc()
+            else:
+                await self.store.save_request(rec)
         except ParrotError:
             log.warning("could not record failure of %s (state store down)", rec.id)
 
     async def _finish(self, rec: RequestRecord, route: Route, text: str, engine: str,
                       usage: Any, started: float) -> None:
+        rec.status, rec.engine, rec.started_at, rec.finished_at = "done", engine, started, time.time()
+        if usage is not None:
+            rec.cached_tokens = usage.cached_tokens
+            rec.completion_tokens = usage.completion_tokens
+            rec.prompt_tokens = usage.prompt_tokens
         if rec.output:
-            await self.store.set_result(rec.tenant, rec.session, rec.output, text)
+            await self.store.set_result(rec.tenant, rec.session, rec.output, text, record=rec)
             self.metrics.variables.labels("ready").inc()
-        await self.store.update_request(
-            rec.tenant, rec.session, rec.id, status="done", engine=engine, started_at=started,
-            finished_at=time.time(),
-            cached_tokens=usage.cached_tokens if usage else None,
-            completion_tokens=usage.completion_tokens if usage else None,
-            prompt_tokens=usage.prompt_tokens if usage else None,
-        )
+        else:
+            await self.store.save_request(rec)
 
     async def _run(self, rec: RequestRecord, route: Route, body: JSON, ctx: RequestContext,
                    deadline: float) -> JSON:

@@ -351,6 +351,16 @@ class _KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+_SAVE_RECORD = """
+if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[3])
+  return 1
+end
+return 0
+"""
+
+
 class SessionStore:
     """Variables and request records of sessions, shared by all gateway replicas."""
 
@@ -493,9 +503,16 @@ class SessionStore:
 
     @_store_errors
     async def set_result(
-        self, tenant: str, session: str, name: str, value: str, *, producer: str | None = None
+        self,
+        tenant: str,
+        session: str,
+        name: str,
+        value: str,
+        *,
+        producer: str | None = None,
+        record: RequestRecord | None = None,
     ) -> Variable:
-        """The producing request stores its output.
+        """The producing request stores its output (and, atomically, its final record).
 
         NotFound if the variable is gone (session deleted or expired);
         Conflict if already ready/failed or `producer` is given and differs;
@@ -505,21 +522,46 @@ class SessionStore:
 
         async def decide(pipe: Pipeline, keys: SessionKeys) -> Plan:
             current = (await self._load_vars(pipe, keys, [name]))[name]
-            return plan_result(name, value, current, producer, self._clock())
+            plan = plan_result(name, value, current, producer, self._clock())
+            if record is not None:
+                plan.requests.append(record)
+            return plan
 
         result: Variable = await self._transact(tenant, session, decide)
         return result
 
     @_store_errors
-    async def fail_variable(self, tenant: str, session: str, name: str, error: str) -> bool:
-        """Mark a pending variable failed; False if it is missing or already settled."""
+    async def fail_variable(
+        self, tenant: str, session: str, name: str, error: str,
+        *, record: RequestRecord | None = None,
+    ) -> bool:
+        """Mark a pending variable failed (with the producer's final record, atomically);
+        False if it is missing or already settled."""
 
         async def decide(pipe: Pipeline, keys: SessionKeys) -> Plan:
             current = (await self._load_vars(pipe, keys, [name]))[name]
-            return plan_fail(name, error, current, self._clock())
+            plan = plan_fail(name, error, current, self._clock())
+            if record is not None and (plan.variables or current is not None):
+                plan.requests.append(record)
+            return plan
 
         result: bool = await self._transact(tenant, session, decide)
         return result
+
+    @_store_errors
+    async def save_request(self, rec: RequestRecord) -> bool:
+        """Overwrite a request record's progress fields in one round trip.
+
+        Only the request's owner (the replica running it) writes its record
+        after registration, so no read-modify-write race exists; the script only
+        refuses to resurrect a record whose session was deleted. The version is
+        not bumped: progress fields do not change the graph's shape.
+        """
+        keys = self.keys(rec.tenant, rec.session)
+        saved = await self._redis.eval(
+            _SAVE_RECORD, 2, keys.meta, keys.reqs, rec.id, rec.to_json(), self.ttl_s
+        )
+        return bool(saved)
 
     @_store_errors
     async def update_request(self, tenant: str, session: str, rid: str, **fields: Any) -> bool:
