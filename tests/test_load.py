@@ -1,0 +1,42 @@
+"""Load: many concurrent sessions of small DAGs on fast simulated engines lose nothing.
+
+The CI form runs 100 sessions; the full 500-session form is marked slow and is also
+``python -m benchmarks.load --sessions 500``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from benchmarks.load import run_load, summarize
+from gateway.testing import start_stack
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def test_summarize_percentiles() -> None:
+    p = summarize([i / 1000 for i in range(1, 101)])
+    assert p["n"] == 100 and p["p50"] == 51 and p["p90"] == 91 and p["p99"] == 100
+    assert summarize([])["n"] == 0
+
+
+def _run(redis_url: str, sessions: int) -> None:
+    with start_stack(redis_url, engines=2, time_scale=0.01) as stack:
+        report = asyncio.run(run_load(stack.url, sessions, timeout=120))
+    print("\n" + report.table())
+    assert report.requests == sessions * 5  # put, 2 async, 1 sync, graph
+    assert report.lost == [], report.lost[:10]
+    assert report.failed == {}
+    assert report.ok == report.requests
+    assert len(report.latencies["session"]) == sessions
+
+
+def test_load_100_sessions(redis_url: str) -> None:
+    _run(redis_url, 100)
+
+
+@pytest.mark.slow
+def test_load_500_sessions(redis_url: str) -> None:
+    _run(redis_url, 500)
