@@ -92,7 +92,9 @@ def build_gateway(
     )
     policy = make_scheduler(settings.scheduler_policy, SchedulerConfig.from_settings(settings))
     dispatcher = Dispatcher(policy, pool, metrics, retry_budget=settings.retry_budget)
-    completions = Completions(pool, dispatcher, metrics)
+    completions = Completions(
+        pool, dispatcher, metrics, stream_internally=settings.engine_streaming
+    )
     url = redis_url or settings.redis
     if not url:
         raise ValueError("a Redis URL is required (the CLI starts an embedded one)")

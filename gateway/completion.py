@@ -18,6 +18,7 @@ from analysis.tokenizer import get_tokenizer
 from backends.base import EngineCall, Usage
 from gateway.types import JSON, Route
 
+from .assemble import Assembler
 from .engines import EnginePool
 from .errors import NotFound, ParrotError
 from .metrics import Metrics
@@ -78,10 +79,15 @@ SSE_DONE = b"data: [DONE]\n\n"
 
 
 class Completions:
-    def __init__(self, pool: EnginePool, dispatcher: Dispatcher, metrics: Metrics) -> None:
+    def __init__(
+        self, pool: EnginePool, dispatcher: Dispatcher, metrics: Metrics, *, stream_internally: bool = True
+    ) -> None:
         self.pool = pool
         self.dispatcher = dispatcher
         self.metrics = metrics
+        # Stream from engines even for non-streaming clients: the first chunk marks the
+        # end of prefill, which releases requests waiting for a shared prefix (warm-up).
+        self.stream_internally = stream_internally
 
     def resolve_model(self, body: JSON) -> frozenset[str]:
         """Fill in a missing model; return the engines that cannot serve it."""
@@ -119,15 +125,28 @@ class Completions:
 
     async def complete(self, route: Route, body: JSON, ctx: RequestContext) -> Outcome:
         avoid = self.resolve_model(body)
-        body = {**body, "stream": False}
+        body = {**body, "stream": self.stream_internally}
         body.pop("stream_options", None)
-        outcome = await self.dispatcher.complete(
-            self.job(route, body, ctx, avoid), self._call(route, body, ctx)
-        )
+        job, call = self.job(route, body, ctx, avoid), self._call(route, body, ctx)
+        if self.stream_internally:
+            outcome = await self._assembled(route, job, call)
+        else:
+            outcome = await self.dispatcher.complete(job, call)
         if outcome.usage:
             u = outcome.usage
             self.metrics.observe_usage(u.prompt_tokens, u.cached_tokens, u.completion_tokens)
         return outcome
+
+    async def _assembled(self, route: Route, job: Job, call: EngineCall) -> Outcome:
+        assembler = Assembler(route)
+        started: list[tuple[str, float]] = []
+        t0 = time.monotonic()
+        async for chunk in self.dispatcher.stream(job, call, lambda e, q: started.append((e, q))):
+            assembler.add(chunk)
+        body = assembler.result()
+        engine, queued_s = started[0] if started else ("", 0.0)
+        return Outcome(engine, body, Usage.from_openai(body.get("usage")), queued_s,
+                       time.monotonic() - t0 - queued_s)
 
     async def stream(
         self,

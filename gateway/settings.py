@@ -61,6 +61,9 @@ class Settings(BaseModel):
     max_inflight_per_engine: int | None = Field(
         None, description="Cap on in-flight requests per engine (default: engine's capacity)."
     )
+    engine_streaming: bool = Field(
+        True, description="Stream from engines even for non-streaming clients (prefill signal)."
+    )
     retry_budget: int = Field(2, ge=0, description="Retries on another engine before first token.")
     breaker_failures: int = Field(3, ge=1, description="Failures that open an engine's breaker.")
     breaker_reset_s: float = Field(5.0, gt=0, description="Open-breaker cool-down.")
