@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import shutil
 import subprocess
 import sys
@@ -38,14 +39,15 @@ PROCESSES = {
 }
 
 
-async def load(url: str, model: str, concurrency: int, requests: int, warmup: int = 20) -> dict[str, Any]:
+async def load(url: str, model: str, concurrency: int, requests: int, warmup: int = 20,
+               headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Closed loop: ``concurrency`` workers share ``requests`` calls; latencies in ms."""
     body = {"model": model, "messages": [{"role": "user", "content": "Say something short. " * 8}],
             "max_tokens": 8, "temperature": 0.0, "ignore_eos": True}
     lat: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as client:
         for _ in range(warmup):
             await client.post(url + "/v1/chat/completions", json=body)
         left = requests
@@ -78,6 +80,9 @@ async def load(url: str, model: str, concurrency: int, requests: int, warmup: in
     }
 
 
+LITELLM_KEY = "sk-parrot-bench-" + secrets.token_hex(8)  # loopback-only proxy; LiteLLM refuses no key
+
+
 def _start_litellm(svc: Services, engine: str, model: str) -> tuple[str | None, str]:
     binary = shutil.which("litellm")
     if binary is None:
@@ -91,6 +96,8 @@ def _start_litellm(svc: Services, engine: str, model: str) -> tuple[str | None, 
         f"      model: openai/{model}\n"
         f"      api_base: {engine}/v1\n"
         "      api_key: none\n"
+        "general_settings:\n"
+        f"  master_key: {LITELLM_KEY}\n"
     )
     port = free_port()
     proc = svc._spawn("litellm", [binary, "--config", str(cfg), "--host", "127.0.0.1", "--port", str(port),
@@ -126,7 +133,9 @@ def run_overhead(out: Path, concurrency: int = 16, requests: int = 400, profile:
         targets["direct-repeat"] = engine  # order effects: the engine warms up over the run
         for name, target in targets.items():
             log(f"[overhead] {name}: {requests} requests at concurrency {concurrency} ...")
-            result["systems"][name] = asyncio.run(load(target, svc.model, concurrency, requests))
+            headers = {"Authorization": f"Bearer {LITELLM_KEY}"} if name == "litellm" else None
+            result["systems"][name] = asyncio.run(load(target, svc.model, concurrency, requests,
+                                                       headers=headers))
     direct = min((result["systems"]["direct"], result["systems"]["direct-repeat"]), key=lambda m: m["p50_ms"])
     for name, m in result["systems"].items():
         m["added_p50_ms"] = round(m["p50_ms"] - direct["p50_ms"], 3)

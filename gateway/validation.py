@@ -98,3 +98,22 @@ def validate(body: dict[str, Any], model: type[_Common], *, max_messages: int) -
         else:
             msg = f"invalid '{param}': {msg}"
         raise BadRequest(msg, param=param or None) from exc
+    _check_output_budget(parsed)
+    return parsed
+
+
+MAX_OUTPUT_TOKENS = 1 << 17
+"""Most tokens one request may ask to generate (n x max_tokens): the longest context of
+the open models SGLang serves (128k). Larger asks are refused up front, as engines do,
+instead of tying an engine up for hours (or forever: max_tokens=10**12)."""
+
+
+def _check_output_budget(parsed: _Common) -> None:
+    asked = getattr(parsed, "max_completion_tokens", None) or parsed.max_tokens or 0
+    n = parsed.n or 1
+    if asked * n > MAX_OUTPUT_TOKENS:
+        param = "max_completion_tokens" if getattr(parsed, "max_completion_tokens", None) else "max_tokens"
+        raise BadRequest(
+            f"invalid '{param}': n x max_tokens = {asked * n}; the limit is {MAX_OUTPUT_TOKENS}",
+            param=param,
+        )
