@@ -65,7 +65,7 @@ def serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
             access_log=False,
         )
-        _draining_server(config).run()
+        _draining_server(config, app.state.gateway).run()
     finally:
         embedded.stop()
     return 0

@@ -88,7 +88,7 @@ def validate(body: dict[str, Any], model: type[_Common], *, max_messages: int) -
                 f"{len(body['messages'])} messages; the limit is {max_messages}", param="messages"
             )
     try:
-        return model.model_validate(body)
+        parsed = model.model_validate(body)
     except ValidationError as exc:
         err = exc.errors()[0]
         param = _param(tuple(err.get("loc", ())))
