@@ -63,11 +63,15 @@ def prompt_tokens(route: Route, body: JSON) -> list[int]:
     return get_tokenizer().encode(prompt_text(route, body))
 
 
+MAX_TOKENS_ESTIMATE = 32768  # cap of the scheduling estimate; the engine enforces its context
+
+
 def max_tokens_of(body: JSON) -> int:
+    """Output budget used for scheduling estimates (KV reservation, work)."""
     for key in ("max_completion_tokens", "max_tokens"):
         v = body.get(key)
         if isinstance(v, int) and v > 0:
-            return v
+            return min(v, MAX_TOKENS_ESTIMATE)
     return 256
 
 

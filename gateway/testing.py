@@ -48,7 +48,9 @@ def start_engine(time_scale: float = 0.02, **sim: Any) -> UvicornThread:
 def start_gateway(redis_url: str, engine_urls: list[str], **overrides: Any) -> UvicornThread:
     from .app import create_app
 
-    values: dict[str, Any] = {"backend": engine_urls, "redis": redis_url, "health_interval_s": 0.5}
+    values: dict[str, Any] = {
+        "backend": engine_urls, "redis": redis_url, "health_interval_s": 0.5, "drain_timeout_s": 5.0,
+    }
     values.update(overrides)
     settings = Settings(**values)
     return UvicornThread(create_app(settings)).start()

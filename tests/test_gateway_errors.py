@@ -140,3 +140,15 @@ def test_engine_killed_mid_request(redis_url: str) -> None:
     finally:
         gw.stop()
         sims.stop()
+
+
+def test_max_tokens_beyond_context_is_rejected_not_pending(stack: Stack) -> None:
+    r = httpx.post(stack.url + "/v1/chat/completions", json={"messages": MSG, "max_tokens": 10**7},
+                   timeout=30)
+    assert r.status_code == 400
+    assert r.json()["error"]["param"] == "max_tokens"
+    h = {"X-Parrot-Session": "ctx1", "X-Parrot-Output": "o", "X-Parrot-Async": "1"}
+    r = httpx.post(stack.url + "/v1/chat/completions", headers=h,
+                   json={"messages": MSG, "max_tokens": 10**7}, timeout=30)
+    assert r.status_code == 400  # refused at submission, never left pending
+    assert httpx.get(stack.url + "/v1/sessions/ctx1/variables/o").status_code == 404

@@ -41,6 +41,8 @@ log = logging.getLogger("parrot.sim")
 BANNER = "SIMULATED ENGINE: a software stand-in for one GPU running SGLang (no model, no GPU)"
 
 
+CONTEXT_LENGTH = 131072  # Llama-3.1-8B's context window
+
 @dataclass
 class SimConfig:
     """Settings of one simulated engine; ``None`` means the profile's default."""
@@ -102,6 +104,12 @@ class SimServer:
         jobs: list[_Job] = []
         try:
             for pi, prompt in enumerate(parsed.prompts):
+                if len(prompt) + s.max_new_tokens > CONTEXT_LENGTH:
+                    raise BadRequest(
+                        f"Requested token count exceeds the model's maximum context length of "
+                        f"{CONTEXT_LENGTH} tokens: {len(prompt)} in the prompt plus "
+                        f"{s.max_new_tokens} to generate.", param="max_tokens",
+                    )
                 for j in range(parsed.n):
                     k = pi * parsed.n + j
                     rid = parsed.rids[k] if parsed.rids else P.new_id()
@@ -377,7 +385,7 @@ class SimServer:
             "max_running_requests": ec.max_running_requests,
             "max_total_num_tokens": ec.kv_capacity_tokens,
             "chunked_prefill_size": ec.chunked_prefill_size,
-            "context_length": 131072,
+            "context_length": CONTEXT_LENGTH,
             "enable_priority_scheduling": True,
             "schedule_low_priority_values_first": False,
             "schedule_policy": "fcfs",
@@ -405,7 +413,7 @@ class SimServer:
     async def r_models(self, request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{
             "id": self.config.model, "object": "model", "created": int(self.started_at),
-            "owned_by": "sglang", "root": self.model_path, "max_model_len": 131072}]})
+            "owned_by": "sglang", "root": self.model_path, "max_model_len": CONTEXT_LENGTH}]})
 
     async def r_health(self, request: Request) -> Response:
         return Response(status_code=200)
