@@ -36,8 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--time-scale", type=float, default=0.1,
                    help="wall time per engine second of the simulated engines (default 0.1)")
     p.add_argument("--profile", default="h100-llama3-8b", help="simulated engine cost profile")
-    p.add_argument("--backend", action="append", default=[], metavar="URL",
-                   help="real engine URL instead of simulated ones (repeatable; time-scale then 1)")
+    p.add_argument("--backend", action="extend", nargs="+", default=[], metavar="URL",
+                   help="real engine URL(s) instead of simulated ones (repeatable; time-scale then 1)")
     p.add_argument("--size", choices=SIZES, default="small")
     p.add_argument("--out", default="bench-out", help="output directory (default ./bench-out)")
     p.add_argument("--apps", type=int, default=None, help="application instances per workload")
