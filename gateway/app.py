@@ -98,7 +98,14 @@ def build_gateway(
     url = redis_url or settings.redis
     if not url:
         raise ValueError("a Redis URL is required (the CLI starts an embedded one)")
-    redis = aioredis.from_url(url, socket_timeout=5, socket_connect_timeout=2, decode_responses=False)
+    # A blocking pool: past max_connections a command waits (up to 5 s) for a free
+    # connection instead of failing at once with "Too many connections" (the default
+    # pool's cap is 100, which 500 concurrent sessions exceeded).
+    redis_pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=256, timeout=5, socket_timeout=5, socket_connect_timeout=2,
+        decode_responses=False,
+    )
+    redis = aioredis.Redis.from_pool(redis_pool)
     store = SessionStore(
         redis,
         ttl_s=settings.session_ttl_s,

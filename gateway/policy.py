@@ -5,14 +5,26 @@ so the order stays ours to choose. ``Scheduler.schedule(now)`` drains the
 fair queue (latency class first, weighted fair between tenants, aging for
 throughput work) and places every job it can:
 
-- a job whose prompt shares a cached prefix of at least
-  ``affinity_min_tokens`` goes to an engine holding it, unless that engine
-  is loaded beyond both balance thresholds compared with the least-loaded
-  one; otherwise it goes to the engine with the least outstanding work;
-- the siblings of a task group leave together, longest first, each on the
-  engine where it would finish earliest (outstanding work plus its own
-  uncached prefill and decode), which spreads them and still honours a
-  shared cached prefix;
+- every job goes to the cheapest of a few candidates: the engine with the
+  least outstanding work, plus the engines holding (or computing) a prefix
+  of its prompt of at least ``affinity_min_tokens``. In decode-step units
+  (``SchedulerConfig.cost_*``: s per output token, c_p per prefilled token,
+  alpha = step slowdown per co-running request), with ``batch`` the
+  requests on the engine and ``uncached`` the prompt tokens it neither holds
+  nor is computing::
+
+      finish  = prefill_backlog + uncached*c_p + max_tokens*s*(1 + alpha*batch)
+      harm    = max_tokens*s*alpha*batch      # slowdown of the engine's batch
+      compute = uncached*c_p                  # engine time; favours reuse
+      score   = finish + harm + compute       # ties: more cached tokens
+
+  so a shared prefix attracts jobs only while re-computing it elsewhere
+  costs more than joining a bigger batch: eight 500-token branches of a
+  4k-token prefix split over two engines, thirty-two 4-token answers stay
+  together. A holder loaded beyond both balance thresholds relative to the
+  least-loaded engine is never a candidate (hard override);
+- the siblings of a task group leave together, longest first, each placed
+  by the same score, which spreads them and still honours a shared prefix;
 - a job whose chosen engine is still computing (``pending``) a shared prefix
   of at least ``warmup_min_tokens`` is held as a follower of the job
   computing it (the leader) and re-queued when the leader's prefill is done,
@@ -64,6 +76,7 @@ class _Rec:
     work: float = 0.0
     kv: int = 0
     pending_leader: bool = False  # in flight and computing a shared prefix
+    prefill_cost: float = 0.0  # in flight, prefill not done: its share of the engine backlog
     prefill_done: bool = False
     followers: list[str] = field(default_factory=list)
 
@@ -163,6 +176,7 @@ class Scheduler:
         if rec is None or rec.state != _INFLIGHT or rec.prefill_done:
             return
         rec.prefill_done = True
+        self._clear_backlog(rec)
         if rec.pending_leader:
             self._index.resolve(rec.engine or "", rec.hashes, job_id)
         self._release_followers(rec)
@@ -203,7 +217,7 @@ class Scheduler:
             group = rec.job.group
             if group is not None and len(self._groups.get(group, ())) > 1:
                 skipped.extend(self._place_group(rec, now, out))
-            elif not self._place(rec, cls, now, out, grouped=False):
+            elif not self._place(rec, cls, now, out):
                 skipped.append(jid)
             if len(skipped) > self.config.max_skips:
                 break
@@ -239,7 +253,7 @@ class Scheduler:
         }
 
     # placement -----------------------------------------------------------------
-    def _place(self, rec: _Rec, cls: int, now: float, out: list[Decision], grouped: bool) -> bool:
+    def _place(self, rec: _Rec, cls: int, now: float, out: list[Decision]) -> bool:
         """Dispatch or hold ``rec``; False when no engine can take it now."""
         job = rec.job
         kv = len(job.prompt_tokens) + job.max_tokens
@@ -255,7 +269,7 @@ class Scheduler:
             least = table.least_loaded(cls, kv, avoid)
             if least is None:
                 return False
-            target = self._choose(rec, least, cls, kv, avoid, grouped)
+            target = self._choose(rec, least, cls, kv, avoid)
         m = self._index.match(target.name, rec.hashes)
         if m.pending and m.pending * self._block >= self.config.warmup_min_tokens:
             leader = self._recs.get(m.leader or "")
@@ -266,51 +280,56 @@ class Scheduler:
         return True
 
     def _choose(
-        self,
-        rec: _Rec,
-        least: EngineState,
-        cls: int,
-        kv: int,
-        avoid: frozenset[str],
-        grouped: bool,
+        self, rec: _Rec, least: EngineState, cls: int, kv: int, avoid: frozenset[str]
     ) -> EngineState:
-        """Prefix affinity against load (see module docstring)."""
+        """The cheapest candidate by the cost score (see module docstring).
+
+        Candidates: ``least`` and up to ``_MAX_HOLDER_SCAN`` holders per prefix
+        level (at most 4 levels), so the cost is O(prefix blocks), not O(engines).
+        A candidate loaded beyond both balance thresholds relative to the
+        least-loaded candidate (by requests) is dropped before scoring.
+        """
         cfg = self.config
         engines = self._engines.engines
-        n_tokens = len(rec.job.prompt_tokens)
-        w = cfg.prefill_token_weight
-        best, best_score = least, least.key + w * n_tokens
-        index = self._index
-        for depth, holders in index.levels(rec.hashes):
+        cands: list[tuple[EngineState, int]] = [(least, 0)]
+        seen: set[str] = set()
+        for depth, holders in self._index.levels(rec.hashes):
             cached = depth * self._block
             if cached < cfg.affinity_min_tokens:
                 break
-            deepest = rec.hashes[depth - 1]
-            # Prefer engines that hold the prefix over those still computing it.
-            if least.name in holders and not index.is_pending(least.name, deepest):
-                cand: EngineState | None = least
-            else:
-                cand = None
-                cand_rank = (True, 0.0)
-                for i, name in enumerate(holders):
-                    if i >= _MAX_HOLDER_SCAN:
-                        break
-                    e = engines.get(name)
-                    if e is None or name in avoid or not e.fits(kv, cls):
-                        continue
-                    rank = (index.is_pending(name, deepest), e.key)
-                    if cand is None or rank < cand_rank:
-                        cand, cand_rank = e, rank
-            if cand is None:
+            for i, name in enumerate(holders):
+                if i >= _MAX_HOLDER_SCAN:
+                    break
+                if name in seen:
+                    continue  # already a candidate from a deeper level, with more cached
+                seen.add(name)
+                e = engines.get(name)
+                if e is None or name in avoid or not e.fits(kv, cls):
+                    continue
+                cands.append((e, cached))
+        if len(cands) == 1:
+            return least
+        lightest = min(cands, key=lambda c: c[0].load)[0]
+        n_tokens = len(rec.job.prompt_tokens)
+        mt = rec.job.max_tokens
+        best = least
+        best_rank: tuple[float, int, float, int] | None = None
+        for e, cached in cands:
+            if e is not lightest and self._imbalanced(e, lightest):
                 continue
-            if grouped:
-                score = cand.key + w * (n_tokens - cached)
-                if score < best_score:
-                    best, best_score = cand, score
-                continue
-            if cand is least or not self._imbalanced(cand, least):
-                return cand
+            rank = (self._score(e, n_tokens - cached, mt), -cached, e.key, e.order)
+            if best_rank is None or rank < best_rank:
+                best, best_rank = e, rank
         return best
+
+    def _score(self, e: EngineState, uncached: int, max_tokens: int) -> float:
+        """Own finish time + slowdown imposed on ``e``'s batch + engine compute."""
+        cfg = self.config
+        batch = e.load
+        compute = max(0, uncached) * cfg.cost_prefill_token
+        decode = max_tokens * cfg.cost_decode_token
+        harm = decode * cfg.cost_batch_slowdown * batch
+        return e.backlog + compute + decode + harm + harm + compute
 
     def _imbalanced(self, cand: EngineState, least: EngineState) -> bool:
         gap = cand.load - least.load
@@ -331,7 +350,7 @@ class Scheduler:
         left = []
         for rec in members:
             cls = self._queue.cls_of(rec.job.id)
-            if self._engines.free[cls] <= 0 or not self._place(rec, cls, now, out, grouped=True):
+            if self._engines.free[cls] <= 0 or not self._place(rec, cls, now, out):
                 left.append(rec.job.id)
         return left
 
@@ -345,6 +364,8 @@ class Scheduler:
         rec.state, rec.engine, rec.expected = _INFLIGHT, e.name, cached
         rec.work = uncached * cfg.prefill_token_weight + job.max_tokens
         rec.kv = uncached + job.max_tokens
+        rec.prefill_cost = uncached * cfg.cost_prefill_token
+        e.backlog += rec.prefill_cost
         rec.pending_leader = self._index.insert(e.name, rec.hashes, leader=jid) > 0
         if cls == THROUGHPUT:
             priority = cfg.priority_throughput
@@ -412,10 +433,18 @@ class Scheduler:
             else:
                 self._index.resolve(engine, rec.hashes, jid)
         self._release_followers(rec)
+        self._clear_backlog(rec)
         e = self._engines.get(engine)
         if e is not None and jid in e.jobs:
             e.jobs.discard(jid)
             self._engines.update(e, inflight=-1, work=-rec.work, kv=-rec.kv)
+
+    def _clear_backlog(self, rec: _Rec) -> None:
+        if rec.prefill_cost:
+            e = self._engines.get(rec.engine or "")
+            if e is not None:
+                e.backlog = max(0.0, e.backlog - rec.prefill_cost)
+            rec.prefill_cost = 0.0
 
     def _ungroup(self, rec: _Rec) -> None:
         g = rec.job.group

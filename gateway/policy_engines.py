@@ -32,6 +32,7 @@ class EngineState:
     kv_tokens: int = 0
     external_reqs: int = 0  # requests on the engine that we did not send (from on_load)
     reported_tokens: int = 0
+    backlog: float = 0.0  # prefill cost (decode steps) of our jobs whose prefill is not done
     version: int = 0
     jobs: set[str] = field(default_factory=set)
 

@@ -56,8 +56,12 @@ class SchedulerConfig:
     block_tokens: int = 32  # prefix hashing granularity
     warmup_min_tokens: int = 256  # pending shared prefix that makes followers wait
     warmup_timeout_s: float = 30.0  # followers are released after this even without news
-    balance_abs_threshold: int = 32  # in-flight gap that overrides prefix affinity ...
-    balance_rel_threshold: float = 1.5  # ... together with this load ratio
+    # Hard override only: a prefix holder whose load (requests in flight, held or
+    # external) exceeds the least-loaded engine's by more than the gap AND the ratio
+    # is not a candidate, whatever its cost score (a guard for tiny outputs, where
+    # the batch term is too weak to stop piling, and for bad estimates).
+    balance_abs_threshold: int = 32
+    balance_rel_threshold: float = 1.5
     affinity_min_tokens: int = 64  # a cached prefix shorter than this is not worth routing for
     max_inflight_per_engine: int | None = None  # caps each engine's advertised capacity
     latency_reserve_frac: float = 0.125  # share of slots throughput work may not take
@@ -69,6 +73,13 @@ class SchedulerConfig:
     prefill_token_weight: float = 0.05  # cost of one uncached prompt token vs one output token
     external_request_work: float = 128.0  # work assumed per request we did not send (on_load)
     max_skips: int = 64  # unplaceable queue heads (pin/avoid/KV) passed over per schedule()
+    # Placement cost model, in decode-step units (one step of a small batch). Defaults
+    # from the sim's h100-llama3-8b profile: a decode step is 5.8 ms at batch 1 / 4k KV
+    # and 8.5 ms at batch 16 / 64k KV, i.e. +(8.5-5.8)/15 = 0.18 ms = 0.03 steps per
+    # co-running sequence of ~4k context; prefill runs ~33 us/token = 0.0056 steps.
+    cost_decode_token: float = 1.0  # s: steps per output token
+    cost_prefill_token: float = 0.0056  # c_p: steps per uncached prompt token
+    cost_batch_slowdown: float = 0.03  # alpha: relative step slowdown per co-running request
 
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> SchedulerConfig:

@@ -137,20 +137,104 @@ def test_prefix_affinity_picks_engine_holding_prefix() -> None:
     assert out["other"].expected_cached_tokens == 0
 
 
-def test_imbalance_overrides_affinity() -> None:
+def test_imbalance_thresholds_are_a_hard_override() -> None:
+    # 4-token answers behind a 4,000-token prefix: the cost score alone would keep
+    # every job on the hot engine; the thresholds (gap > 4 and ratio > 1.5) cut in.
     s = sched(engines=2, capacity=100, balance_abs_threshold=4, balance_rel_threshold=1.5)
-    s.submit(job("seed", p=prompt(9, 512, 0)), 0)
+    s.submit(job("seed", p=prompt(9, 4000, 0), max_tokens=4), 0)
     (d,) = dispatches(s.schedule(0))
     s.on_prefill_done("seed", 0)
     hot = d.engine
-    # same-prefix jobs stick to the hot engine until the gap passes the thresholds
     for i in range(1, 12):
-        s.submit(job(f"s{i}", p=prompt(9, 512, i)), 1)
+        s.submit(job(f"s{i}", p=prompt(9, 4000, i), max_tokens=4), 1)
     out = dispatches(s.schedule(1))
     assert [x.engine == hot for x in out[:5]] == [True, True, True, True, False]
-    # loads 5 vs 0 exceed gap 4 and ratio 1.5: s5 went to the cold engine
     loads = [e["inflight"] + e["reserved"] for e in s.stats()["engines"].values()]
     assert sum(loads) == 12 and max(loads) - min(loads) <= 5
+    # without the override the same jobs all stay on the hot engine
+    s2 = sched(engines=2, capacity=100)
+    s2.submit(job("seed", p=prompt(9, 4000, 0), max_tokens=4), 0)
+    (d2,) = dispatches(s2.schedule(0))
+    s2.on_prefill_done("seed", 0)
+    for i in range(1, 12):
+        s2.submit(job(f"s{i}", p=prompt(9, 4000, i), max_tokens=4), 1)
+    assert {x.engine for x in dispatches(s2.schedule(1))} == {d2.engine}
+
+
+def test_cost_spreads_long_outputs_over_a_shared_prefix() -> None:
+    # The multi-agent round: 8 branches of a 4,000-token prefix, 500-token outputs.
+    s = sched(engines=2, capacity=16)
+    for i in range(8):
+        s.submit(job(f"b{i}", p=prompt(11, 4000, i), max_tokens=500), 0)
+    first = dispatches(s.schedule(0))
+    leaders = [d for d in first if d.expected_cached_tokens == 0]
+    assert len(leaders) == 2 and {d.engine for d in leaders} == {"e0", "e1"}
+    assert s.stats()["held"] == 8 - len(first)
+    placed = {d.job_id: d for d in first}
+    for d in leaders:
+        s.on_prefill_done(d.job_id, 0.2)
+    for d in dispatches(s.schedule(0.2)):
+        placed[d.job_id] = d
+    assert len(placed) == 8
+    assert sorted(Counter(d.engine for d in placed.values()).values()) == [4, 4]
+    # each engine computes the prefix once; everyone else reuses it
+    assert sum(d.expected_cached_tokens == 0 for d in placed.values()) == 2
+
+
+def test_cost_spreads_grouped_branches_too() -> None:
+    s = sched(engines=2, capacity=16)
+    for i in range(8):
+        s.submit(job(f"b{i}", p=prompt(12, 4000, i), max_tokens=500, group="round1"), 0)
+    placed = {d.job_id: d for d in dispatches(s.schedule(0))}
+    for d in list(placed.values()):
+        s.on_prefill_done(d.job_id, 0.2)
+    for d in dispatches(s.schedule(0.2)):
+        placed[d.job_id] = d
+    assert sorted(Counter(d.engine for d in placed.values()).values()) == [4, 4]
+    assert sum(d.expected_cached_tokens == 0 for d in placed.values()) == 2
+
+
+def test_short_outputs_stay_with_their_prefix() -> None:
+    # 32 jobs of a 3,000-token prefix with 4-token outputs over 4 roomy engines:
+    # recomputing the prefix costs far more than a bigger batch, so one engine.
+    s = sched(engines=4, capacity=64)
+    for i in range(32):
+        s.submit(job(f"q{i}", p=prompt(13, 3000, i), max_tokens=4), 0)
+    placed = {d.job_id: d for d in dispatches(s.schedule(0))}
+    (lead,) = placed.values()
+    s.on_prefill_done(lead.job_id, 0.1)
+    for d in dispatches(s.schedule(0.1)):
+        placed[d.job_id] = d
+    assert len(placed) == 32 and {d.engine for d in placed.values()} == {lead.engine}
+
+
+def test_unrelated_jobs_spread_by_load() -> None:
+    s = sched(engines=4, capacity=16)
+    for i in range(16):
+        s.submit(job(f"u{i}", p=prompt(300 + i, 2000, i), max_tokens=200), 0)
+    out = dispatches(s.schedule(0))
+    assert len(out) == 16
+    assert sorted(Counter(d.engine for d in out).values()) == [4, 4, 4, 4]
+
+
+def test_prefill_backlog_tracked_and_released() -> None:
+    s = sched(engines=2, capacity=8)
+    s.submit(job("a", p=prompt(14, 1000, 0)), 0)
+    s.submit(job("b", p=prompt(15, 100, 0)), 0)
+    s.submit(job("c", p=prompt(16, 100, 0)), 0)
+    out = {d.job_id: d for d in dispatches(s.schedule(0))}
+    engines = s._engines.engines  # noqa: SLF001 - white-box check of the bookkeeping
+    cp = s.config.cost_prefill_token
+    total = sum(e.backlog for e in engines.values())
+    assert total == pytest.approx((1064 + 164 + 164) * cp)
+    s.on_prefill_done("a", 0.1)
+    assert engines[out["a"].engine].backlog == pytest.approx(
+        164 * cp * sum(out[j].engine == out["a"].engine for j in "bc"))
+    s.on_finish("b", 0.2, ok=False)
+    assert s.cancel("c", 0.2)
+    assert all(e.backlog == pytest.approx(0.0) for e in engines.values())
+    s.on_finish("a", 0.3)
+    assert s.remove_engine("e1", 0.3) == []
 
 
 def test_warmup_leader_then_followers_on_prefill_done() -> None:
@@ -179,7 +263,7 @@ def test_warmup_not_for_short_prefixes() -> None:
 def test_leader_failure_releases_followers(how: str) -> None:
     s = sched(engines=2, capacity=8, warmup_timeout_s=5.0)
     for i in range(3):
-        s.submit(job(f"w{i}", p=prompt(4, 1000, i)), 0)
+        s.submit(job(f"w{i}", p=prompt(4, 4000, i)), 0)
     (lead,) = dispatches(s.schedule(0))
     now = 1.0
     if how == "fail":
