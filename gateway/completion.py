@@ -10,12 +10,12 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from analysis.chat_template import render_chat
 from analysis.tokenizer import get_tokenizer
-from backends.base import EngineCall, Usage
+from backends.base import EngineCall, EngineFailure, Usage
 from gateway.types import JSON, Route
 
 from .assemble import Assembler
@@ -23,7 +23,7 @@ from .engines import EnginePool
 from .errors import NotFound, ParrotError
 from .metrics import Metrics
 from .policy import Job
-from .scheduler import Dispatcher, Outcome
+from .scheduler import Dispatcher, Outcome, Restart
 
 LATENCY_PRIORITY = 10
 THROUGHPUT_PRIORITY = 0
@@ -142,11 +142,28 @@ class Completions:
         return outcome
 
     async def _assembled(self, route: Route, job: Job, call: EngineCall) -> Outcome:
-        assembler = Assembler(route)
-        started: list[tuple[str, float]] = []
-        t0 = time.monotonic()
-        async for chunk in self.dispatcher.stream(job, call, lambda e, q: started.append((e, q))):
-            assembler.add(chunk)
+        # The client of a non-streaming request has seen nothing yet, so an engine that
+        # dies mid-stream is retried whole on another engine (the dispatcher itself only
+        # retries before the first chunk), within the same retry budget.
+        avoid = set(job.avoid)
+        for attempt in range(self.dispatcher.retry_budget + 1):
+            assembler = Assembler(route)
+            started: list[tuple[str, float]] = []
+            t0 = time.monotonic()
+            try:
+                async for chunk in self.dispatcher.stream(
+                    replace(job, avoid=frozenset(avoid)), call,
+                    lambda e, q: started.append((e, q)),
+                ):
+                    assembler.add(chunk)
+            except ParrotError as exc:
+                cause = exc.__cause__
+                retryable = isinstance(cause, EngineFailure) and cause.retryable
+                if not (started and retryable) or attempt == self.dispatcher.retry_budget:
+                    raise
+                avoid.add(started[0][0])
+                continue
+            break
         body = assembler.result()
         engine, queued_s = started[0] if started else ("", 0.0)
         return Outcome(engine, body, Usage.from_openai(body.get("usage")), queued_s,
@@ -166,6 +183,7 @@ class Completions:
         want_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
         job = self.job(route, body, ctx, avoid)
         async for chunk in self.dispatcher.stream(job, self._call(route, body, ctx), on_start):
+            assert not isinstance(chunk, Restart)
             usage = Usage.from_openai(chunk.get("usage"))
             if usage is not None:
                 self.metrics.observe_usage(
