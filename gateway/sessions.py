@@ -222,11 +222,14 @@ class Sessions:
         # Shield: a disconnecting client must not kill work whose output others need.
         from .openai_routes import CLIENT_CLOSED, finished_before_disconnect
 
-        if not await finished_before_disconnect(request, asyncio.shield(task)):
+        waiter = asyncio.shield(task)
+        # Its outcome is read here or, after a disconnect, nowhere: mark it retrieved.
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
+        if not await finished_before_disconnect(request, waiter):
             if not await self._needed(rec):
                 task.cancel()
             return Response(status_code=CLIENT_CLOSED)
-        result: JSON = task.result()
+        result: JSON = waiter.result()
         return JSONResponse(result)
 
     def _spawn(self, rec: RequestRecord, coro: Any) -> asyncio.Task[Any]:
