@@ -66,11 +66,7 @@ class SGLangEngine(OpenAIEngine):
         return None
 
     async def flush_cache(self) -> bool:
-        try:
-            response = await self._client.post("/flush_cache")
-            return response.status_code < 400
-        except Exception:
-            return False
+        return await self._post_ok("/flush_cache")
 
 
 def _as_int(v: Any) -> int | None:

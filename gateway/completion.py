@@ -23,7 +23,7 @@ from .engines import EnginePool
 from .errors import NotFound, ParrotError
 from .metrics import Metrics
 from .policy import Job
-from .scheduler import Dispatcher, Outcome
+from .scheduler import Dispatcher, Outcome, Restart
 
 LATENCY_PRIORITY = 10
 THROUGHPUT_PRIORITY = 0
@@ -183,6 +183,7 @@ class Completions:
         want_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
         job = self.job(route, body, ctx, avoid)
         async for chunk in self.dispatcher.stream(job, self._call(route, body, ctx), on_start):
+            assert not isinstance(chunk, Restart)
             usage = Usage.from_openai(chunk.get("usage"))
             if usage is not None:
                 self.metrics.observe_usage(

@@ -46,6 +46,13 @@ class Outcome:
     run_s: float
 
 
+class Restart:
+    """Marker yielded by a restartable stream: discard what came so far."""
+
+
+RESTART = Restart()
+
+
 class EngineRejectedError(ParrotError):
     """The engine refused the request as invalid: pass its status and message on."""
 
@@ -211,9 +218,16 @@ class Dispatcher:
         raise map_failure(last)
 
     async def stream(
-        self, job: Job, call: EngineCall, on_start: Callable[[str, float], Any] | None = None
-    ) -> AsyncIterator[JSON]:
-        """Run a streaming call; retries happen only before the first chunk.
+        self,
+        job: Job,
+        call: EngineCall,
+        on_start: Callable[[str, float], Any] | None = None,
+        *,
+        restartable: bool = False,
+    ) -> AsyncIterator[JSON | Restart]:
+        """Run a streaming call; retries happen only before the first chunk, unless
+        ``restartable`` (nothing reached the client yet: the caller assembles the
+        chunks), in which case a retry mid-stream yields ``RESTART`` first.
 
         The final chunk carries usage (the SGLang client always asks for it);
         the caller decides whether to forward it.
@@ -239,7 +253,9 @@ class Dispatcher:
             except EngineFailure as exc:
                 self._fail(d, exc)
                 last = exc
-                if first and exc.retryable and len(self.pool.healthy()) > 0:
+                if (first or restartable) and exc.retryable and len(self.pool.healthy()) > 0:
+                    if not first:
+                        yield RESTART
                     continue
                 raise map_failure(exc) from exc
             except BaseException:
