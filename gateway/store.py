@@ -457,22 +457,25 @@ class SessionStore:
         """Record a request and declare its variables, atomically.
 
         `validate(existing_records)` runs on the same snapshot the write is
-        based on (it may run again on a retry) and refuses by raising, e.g.
-        DependencyCycle; then nothing is written. Raises Conflict if the id is
+        based on (it may run again on a retry) when a cycle is possible (the
+        output already has consumers and the request has inputs), and refuses
+        by raising, e.g. DependencyCycle; then nothing is written. Raises Conflict if the id is
         taken or the output already has a producer or a value, PayloadTooLarge
         (code too_many_variables) past the variable limit. Creates the session
         (with `deadline`, an absolute epoch time) if absent.
         """
 
         async def decide(pipe: Pipeline, keys: SessionKeys) -> Plan:
-            raw = await pipe.hgetall(keys.reqs)
-            existing = [RequestRecord.from_json(v) for v in raw.values()]
-            if any(r.id == rec.id for r in existing):
+            if await pipe.hexists(keys.reqs, rec.id):
                 raise Conflict(f"request {rec.id} is already registered")
-            if validate is not None:
-                validate(existing)
             names = ([rec.output] if rec.output else []) + list(rec.inputs)
             current = await self._load_vars(pipe, keys, names)
+            out = current.get(rec.output) if rec.output else None
+            # A cycle needs an edge back into this request: its output already has
+            # consumers and it has inputs. Only then is the whole graph read.
+            if validate is not None and rec.inputs and out is not None and out.consumers:
+                raw = await pipe.hgetall(keys.reqs)
+                validate([RequestRecord.from_json(v) for v in raw.values()])
             var_count = int(await pipe.hlen(keys.vars))
             plan = plan_register(rec, current, var_count, self.max_variables, self._clock())
             plan.deadline = deadline
