@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 _QUEUED, _HELD, _INFLIGHT = "queued", "held", "inflight"
-_MAX_HOLDER_SCAN = 16  # engines of one affinity level examined per job
+_MAX_HOLDER_SCAN = 16  # prefix-holding engines examined per job
 
 
 @dataclass
@@ -284,32 +284,37 @@ class Scheduler:
     ) -> EngineState:
         """The cheapest candidate by the cost score (see module docstring).
 
-        Candidates: ``least`` and up to ``_MAX_HOLDER_SCAN`` holders per prefix
-        level (at most 4 levels), so the cost is O(prefix blocks), not O(engines).
+        Candidates: ``least`` and up to ``_MAX_HOLDER_SCAN`` engines holding a
+        prefix of the prompt, deepest first, so the cost is O(prefix blocks), not
+        O(engines).
         A candidate loaded beyond both balance thresholds relative to the
         least-loaded candidate (by requests) is dropped before scoring.
         """
         cfg = self.config
         engines = self._engines.engines
-        cands: list[tuple[EngineState, int]] = [(least, 0)]
+        cands: list[tuple[EngineState, int]] = []
+        lightest = least
         seen: set[str] = set()
         for depth, holders in self._index.levels(rec.hashes):
             cached = depth * self._block
-            if cached < cfg.affinity_min_tokens:
+            if cached < cfg.affinity_min_tokens or len(seen) >= _MAX_HOLDER_SCAN:
                 break
-            for i, name in enumerate(holders):
-                if i >= _MAX_HOLDER_SCAN:
-                    break
+            for name in holders:
                 if name in seen:
                     continue  # already a candidate from a deeper level, with more cached
+                if len(seen) >= _MAX_HOLDER_SCAN:
+                    break
                 seen.add(name)
                 e = engines.get(name)
                 if e is None or name in avoid or not e.fits(kv, cls):
                     continue
                 cands.append((e, cached))
-        if len(cands) == 1:
+                if e.load < lightest.load:
+                    lightest = e
+        if not cands:
             return least
-        lightest = min(cands, key=lambda c: c[0].load)[0]
+        if least.name not in seen:
+            cands.append((least, 0))
         n_tokens = len(rec.job.prompt_tokens)
         mt = rec.job.max_tokens
         best = least
@@ -323,13 +328,13 @@ class Scheduler:
         return best
 
     def _score(self, e: EngineState, uncached: int, max_tokens: int) -> float:
-        """Own finish time + slowdown imposed on ``e``'s batch + engine compute."""
+        """finish + harm + compute of a job with ``uncached`` prompt tokens on ``e``."""
         cfg = self.config
-        batch = e.load
         compute = max(0, uncached) * cfg.cost_prefill_token
         decode = max_tokens * cfg.cost_decode_token
-        harm = decode * cfg.cost_batch_slowdown * batch
-        return e.backlog + compute + decode + harm + harm + compute
+        harm = decode * cfg.cost_batch_slowdown * e.load
+        finish = e.backlog + compute + decode + harm
+        return finish + harm + compute
 
     def _imbalanced(self, cand: EngineState, least: EngineState) -> bool:
         gap = cand.load - least.load
