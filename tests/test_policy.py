@@ -95,6 +95,18 @@ def test_capacity_never_exceeded_under_random_events() -> None:
                 s.on_finish(jid, now, cached_tokens=0, ok=rng.random() < 0.9)
     st = s.stats()
     assert all(e["inflight"] <= e["capacity"] for e in st["engines"].values())
+    # drain: once everything has finished no prefill backlog is left behind
+    now = 400.0
+    while inflight:
+        for jid in list(inflight):
+            del inflight[jid]
+            s.on_finish(jid, now, cached_tokens=0)
+        for d in s.schedule(now):
+            inflight[d.job_id] = d.engine
+        now += 1
+    engines = s._engines.engines  # noqa: SLF001 - white-box check of the bookkeeping
+    assert all(e.backlog == pytest.approx(0.0, abs=1e-9) for e in engines.values())
+    assert (s.stats()["inflight"], s.stats()["queued"], s.stats()["held"]) == (0, 0, 0)
 
 
 def test_group_members_dispatched_together_and_spread() -> None:
