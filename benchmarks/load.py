@@ -112,7 +112,10 @@ async def run_load(url: str, sessions: int, *, max_tokens: int = 16, timeout: fl
                    headers: dict[str, str] | None = None) -> LoadReport:
     """Start ``sessions`` sessions at once against the gateway at ``url``."""
     report = LoadReport(sessions)
-    limits = httpx.Limits(max_connections=sessions + 16, max_keepalive_connections=sessions + 16)
+    # Idle connections are dropped before uvicorn's 5 s keep-alive timeout would close
+    # them under us: a POST on a connection the server is closing fails (ReadError).
+    limits = httpx.Limits(max_connections=sessions + 16, max_keepalive_connections=sessions + 16,
+                          keepalive_expiry=2.0)
     async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits,
                                  headers=headers or {}) as client:
         t0 = time.monotonic()
