@@ -68,6 +68,16 @@ class EngineRejectedError(ParrotError):
             self.code = body["error"].get("code") or self.code
 
 
+def _has_output(chunk: JSON) -> bool:
+    for c in chunk.get("choices") or ():
+        delta = c.get("delta") or {}
+        if c.get("text") or delta.get("content") or delta.get("tool_calls") or c.get("finish_reason"):
+            return True
+        if delta.get("reasoning_content"):
+            return True
+    return bool(chunk.get("usage"))
+
+
 def map_failure(exc: EngineFailure) -> ParrotError:
     if isinstance(exc, EngineRejected):
         return EngineRejectedError(exc)
@@ -239,13 +249,18 @@ class Dispatcher:
             first = True
             cached: int | None = None
             try:
+                prefilled = False
                 async for chunk in engine.stream(self._call_for(call, d)):
                     if first:
                         first = False
-                        self.dispatch_started(job.id)
-                        self.metrics.ttft.observe(self.clock() - t0)
                         if on_start is not None:
                             on_start(d.engine, started - t0)
+                    if not prefilled and _has_output(chunk):
+                        # The first generated token, not the role-only opening chunk
+                        # some servers send at once, marks the end of prefill.
+                        prefilled = True
+                        self.prefill_done(job.id)
+                        self.metrics.ttft.observe(self.clock() - t0)
                     usage = Usage.from_openai(chunk.get("usage"))
                     if usage is not None:
                         cached = usage.cached_tokens
@@ -267,5 +282,3 @@ class Dispatcher:
         assert last is not None
         raise map_failure(last)
 
-    def dispatch_started(self, job_id: str) -> None:
-        self.prefill_done(job_id)
