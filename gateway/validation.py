@@ -39,6 +39,7 @@ class _Common(_Open):
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
     max_tokens: StrictInt | None = Field(None, ge=0)
+    max_completion_tokens: StrictInt | None = Field(None, ge=0)
     n: StrictInt | None = Field(None, ge=1, le=128)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
@@ -48,7 +49,6 @@ class _Common(_Open):
 
 class ChatBody(_Common):
     messages: list[Message] = Field(min_length=1)
-    max_completion_tokens: StrictInt | None = Field(None, ge=0)
 
 
 class CompletionBody(_Common):
@@ -109,10 +109,10 @@ instead of tying an engine up for hours (or forever: max_tokens=10**12)."""
 
 
 def _check_output_budget(parsed: _Common) -> None:
-    asked = getattr(parsed, "max_completion_tokens", None) or parsed.max_tokens or 0
+    asked = parsed.max_completion_tokens or parsed.max_tokens or 0
     n = parsed.n or 1
     if asked * n > MAX_OUTPUT_TOKENS:
-        param = "max_completion_tokens" if getattr(parsed, "max_completion_tokens", None) else "max_tokens"
+        param = "max_completion_tokens" if parsed.max_completion_tokens else "max_tokens"
         raise BadRequest(
             f"invalid '{param}': n x max_tokens = {asked * n}; the limit is {MAX_OUTPUT_TOKENS}",
             param=param,

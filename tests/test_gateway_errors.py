@@ -38,6 +38,8 @@ CASES: list[tuple[str, str, Any, dict[str, str], int, str | None]] = [
     ("stop-number", "/v1/chat/completions", {"messages": MSG, "stop": 3}, {}, 400, "stop"),
     ("unknown-model", "/v1/chat/completions", {"model": "no-such-model", "messages": MSG}, {}, 404,
      "model"),
+    ("completion-max-completion-tokens-list", "/v1/completions",
+     {"prompt": "hi", "max_tokens": 4, "max_completion_tokens": []}, {}, 400, "max_completion_tokens"),
     ("missing-prompt", "/v1/completions", {"model": "x"}, {}, 400, "prompt"),
     ("prompt-dict", "/v1/completions", {"prompt": {"a": 1}}, {}, 400, "prompt"),
     ("bad-session-header", "/v1/chat/completions", {"messages": MSG},
