@@ -46,8 +46,10 @@ import math
 import platform
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from functools import partial
+from typing import Any
 
 import numpy as np
 
@@ -91,7 +93,8 @@ class Point:
     seconds: float = 0.0
 
     def cost_inputs(self) -> tuple[int, int, int, int]:
-        """``step_time``'s (prefill_tokens, prefill_context_tokens, decode_batch, resident_kv_tokens)."""
+        """``step_time``'s prefill_tokens, prefill_context_tokens, decode_batch,
+        resident_kv_tokens."""
         if self.kind == "prefill":
             return self.tokens, prefill_pairs(0, 0, self.tokens), 0, 0
         return 0, 0, self.batch, self.batch * self.context
@@ -110,8 +113,11 @@ class ModelShape:
     @classmethod
     def of(cls, p: CostProfile) -> ModelShape:
         return cls(
-            p.weight_bytes, p.linear_flops_per_token, p.attn_flops_per_pair,
-            p.kv_bytes_per_token, p.peak_flops,
+            p.weight_bytes,
+            p.linear_flops_per_token,
+            p.attn_flops_per_pair,
+            p.kv_bytes_per_token,
+            p.peak_flops,
         )
 
 
@@ -208,17 +214,22 @@ def fit_profile(
     g = a / crossover
 
     warnings: list[str] = []
-    if i in (0, len(grid) - 1):
+    if not min(sizes) <= crossover <= max(sizes):
         warnings.append(
-            "weights/GEMM crossover not bracketed by the data: mem_bandwidth vs mfu split unreliable"
+            "weights/GEMM crossover not bracketed by the data: "
+            "mem_bandwidth vs mfu split unreliable"
         )
     floor = 1e-15
     for label, value in (("weights", a), ("prefill attention", c), ("decode KV", k)):
         if value <= floor:
             warnings.append(f"{label} term fitted as zero; its field is a placeholder")
     coeffs = {
-        "overhead_s": o, "weights_s": a, "per_token_gemm_s": g,
-        "per_pair_attn_s": c, "per_kv_token_s": k, "per_seq_s": s,
+        "overhead_s": o,
+        "weights_s": a,
+        "per_token_gemm_s": g,
+        "per_pair_attn_s": c,
+        "per_kv_token_s": k,
+        "per_seq_s": s,
     }
     a, g, c, k = (max(v, floor) for v in (a, g, c, k))
     bandwidth = shape.weight_bytes / a
@@ -241,15 +252,24 @@ def fit_profile(
         model = step_time(profile, *pt.cost_inputs())
         e = model / pt.seconds - 1.0
         rel.append(e)
-        rows.append({**dataclasses.asdict(pt), "measured_s": pt.seconds, "model_s": model, "rel_error": e})
+        rows.append(
+            {**dataclasses.asdict(pt), "measured_s": pt.seconds, "model_s": model, "rel_error": e}
+        )
     arr = np.asarray(rel)
     return Fit(
-        profile, coeffs, crossover, rows,
-        float(np.sqrt(np.mean(arr**2))), float(np.max(np.abs(arr))), warnings,
+        profile,
+        coeffs,
+        crossover,
+        rows,
+        float(np.sqrt(np.mean(arr**2))),
+        float(np.max(np.abs(arr))),
+        warnings,
     )
 
 
-def adjust(profile: CostProfile, graph_overhead_s: float | None, kv_copy_factor: float) -> CostProfile:
+def adjust(
+    profile: CostProfile, graph_overhead_s: float | None, kv_copy_factor: float
+) -> CostProfile:
     """Optional eager-to-SGLang corrections (see module docstring); pure."""
     out = profile
     if graph_overhead_s is not None:
@@ -287,17 +307,27 @@ def parse_ints(text: str) -> list[int]:
 
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    "llama3-8b": dict(
-        hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
-        intermediate_size=14336, vocab_size=128256, rope_theta=500000.0,
-        max_position_embeddings=131072,
-    ),
+    "llama3-8b": {
+        "hidden_size": 4096,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "intermediate_size": 14336,
+        "vocab_size": 128256,
+        "rope_theta": 500000.0,
+        "max_position_embeddings": 131072,
+    },
     # ~0.8 M parameters (~3 MB fp32): exercises the whole path on a CPU in seconds.
-    "tiny": dict(
-        hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        intermediate_size=256, vocab_size=2048, rope_theta=500000.0,
-        max_position_embeddings=131072,
-    ),
+    "tiny": {
+        "hidden_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 256,
+        "vocab_size": 2048,
+        "rope_theta": 500000.0,
+        "max_position_embeddings": 131072,
+    },
 }
 
 
@@ -328,7 +358,9 @@ def model_shape(model: Any, cfg: Any, peak: float) -> ModelShape:
         weight_bytes=float(params * elem),
         linear_flops_per_token=2.0 * params,
         attn_flops_per_pair=4.0 * cfg.num_hidden_layers * cfg.num_attention_heads * head_dim,
-        kv_bytes_per_token=float(cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2 * elem),
+        kv_bytes_per_token=float(
+            cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 2 * elem
+        ),
         peak_flops=peak,
     )
 
@@ -355,9 +387,31 @@ class _Timer:
         return float(np.median(samples)), samples
 
 
+def _log(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _prefill_once(torch: Any, model: Any, ids: Any, keep: dict[str, int]) -> None:
+    with torch.inference_mode():
+        model(input_ids=ids, use_cache=False, **keep)
+
+
+def _decode_once(torch: Any, model: Any, inputs: dict[str, Any], cache: Any) -> None:
+    with torch.inference_mode():
+        model(**inputs)
+    cache.crop(-1)  # back to ctx tokens; a negative crop works in transformers 4.x and 5.x
+
+
 def measure(
-    model: Any, cfg: Any, device: str, prefill: Sequence[int], batches: Sequence[int],
-    contexts: Sequence[int], warmup: int, repeats: int, log: Callable[[str], None] = print,
+    model: Any,
+    cfg: Any,
+    device: str,
+    prefill: Sequence[int],
+    batches: Sequence[int],
+    contexts: Sequence[int],
+    warmup: int,
+    repeats: int,
+    log: Callable[[str], None] = _log,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Time the grid; returns (measured rows, skipped rows)."""
     import gc
@@ -371,6 +425,8 @@ def measure(
     timer = _Timer(device, warmup, repeats)
     params = inspect.signature(model.forward).parameters
     cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
+    # Logits of the last prompt token only, as SGLang computes (older releases: num_logits_to_keep).
+    keep = {k: 1 for k in ("logits_to_keep", "num_logits_to_keep") if k in params}
     elem = next(model.parameters()).element_size()
     dtype = next(model.parameters()).dtype
     head_dim = cfg.hidden_size // cfg.num_attention_heads
@@ -387,12 +443,7 @@ def measure(
         row = {"kind": "prefill", "tokens": n, "batch": 1, "context": 0}
         try:
             ids = torch.randint(0, cfg.vocab_size, (1, n), device=device)
-
-            def run_prefill() -> None:
-                with torch.inference_mode():
-                    model(input_ids=ids, use_cache=False, logits_to_keep=1)
-
-            med, samples = timer(run_prefill)
+            med, samples = timer(partial(_prefill_once, torch, model, ids, keep))
             measured.append({**row, "seconds": med, "samples": samples})
             log(f"prefill {n:>6} tokens: {med * 1e3:9.2f} ms")
         except oom as e:
@@ -407,7 +458,9 @@ def measure(
             row = {"kind": "decode", "tokens": 0, "batch": b, "context": ctx}
             need = b * (ctx + warmup + repeats + 2) * kv_per_token * (1 + 1 / cfg.num_hidden_layers)
             if cuda and need > torch.cuda.mem_get_info()[0]:
-                skipped.append({**row, "reason": f"KV cache needs {need / 2**30:.1f} GiB, more than free"})
+                skipped.append(
+                    {**row, "reason": f"KV cache needs {need / 2**30:.1f} GiB, more than free"}
+                )
                 log(f"decode batch {b:>4} x ctx {ctx:>6}: skipped (would not fit)")
                 continue
             cache = None
@@ -417,19 +470,17 @@ def measure(
                 for layer in range(cfg.num_hidden_layers):
                     cache.update(
                         torch.zeros(shape, dtype=dtype, device=device),
-                        torch.zeros(shape, dtype=dtype, device=device), layer,
+                        torch.zeros(shape, dtype=dtype, device=device),
+                        layer,
                     )
-                ids = torch.randint(0, cfg.vocab_size, (b, 1), device=device)
-                pos = torch.full((b, 1), ctx, device=device)
-                cache_pos = torch.tensor([ctx], device=device)
-
-                def run_decode() -> None:
-                    with torch.inference_mode():
-                        model(input_ids=ids, position_ids=pos, cache_position=cache_pos,
-                              use_cache=True, **{cache_kw: cache})
-                    cache.crop(-1)  # back to ctx tokens; negative crop works in 4.x and 5.x
-
-                med, samples = timer(run_decode)
+                inputs = {
+                    "input_ids": torch.randint(0, cfg.vocab_size, (b, 1), device=device),
+                    "position_ids": torch.full((b, 1), ctx, device=device),
+                    "cache_position": torch.tensor([ctx], device=device),
+                    "use_cache": True,
+                    cache_kw: cache,
+                }
+                med, samples = timer(partial(_decode_once, torch, model, inputs, cache))
                 measured.append({**row, "seconds": med, "samples": samples})
                 log(f"decode batch {b:>4} x ctx {ctx:>6}: {med * 1e3:9.2f} ms")
             except oom as e:
@@ -445,8 +496,10 @@ def measure(
 
 
 def _points(rows: Sequence[dict[str, Any]]) -> list[Point]:
-    return [Point(r["kind"], r.get("tokens", 0), r.get("batch", 0), r.get("context", 0), r["seconds"])
-            for r in rows]
+    return [
+        Point(r["kind"], r.get("tokens", 0), r.get("batch", 0), r.get("context", 0), r["seconds"])
+        for r in rows
+    ]
 
 
 def _report(fit: Fit, emitted: CostProfile) -> dict[str, Any]:
@@ -463,7 +516,9 @@ def _report(fit: Fit, emitted: CostProfile) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m backends.sim.calibrate", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m backends.sim.calibrate", description=__doc__.split("\n")[0]
+    )
     ap.add_argument("--out", required=True, help="JSON file to write")
     ap.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
     ap.add_argument("--dtype", default="bfloat16", help="torch dtype name (float32 for CPU runs)")
@@ -473,17 +528,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--prefill", default="256,1024,4096,8192")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=7)
-    ap.add_argument("--peak-flops", type=float, default=None,
-                    help="device dense FLOP/s (default: datasheet value by device name)")
-    ap.add_argument("--name", default=None, help="profile name (default: <device>-<config>-calibrated)")
-    ap.add_argument("--graph-overhead-s", type=float, default=None,
-                    help="emit this step_overhead_s instead of the eager one (CUDA-graph estimate)")
-    ap.add_argument("--kv-copy-factor", type=float, default=1.0,
-                    help="divide the fitted KV term by this (3 undoes DynamicCache's concatenation)")
-    ap.add_argument("--refit", default=None, help="refit the table of an earlier JSON; no torch needed")
+    ap.add_argument(
+        "--peak-flops",
+        type=float,
+        default=None,
+        help="device dense FLOP/s (default: datasheet value by device name)",
+    )
+    ap.add_argument(
+        "--name", default=None, help="profile name (default: <device>-<config>-calibrated)"
+    )
+    ap.add_argument(
+        "--graph-overhead-s",
+        type=float,
+        default=None,
+        help="emit this step_overhead_s instead of the eager one (CUDA-graph estimate)",
+    )
+    ap.add_argument(
+        "--kv-copy-factor",
+        type=float,
+        default=1.0,
+        help="divide the fitted KV term by this (3 undoes DynamicCache's concatenation)",
+    )
+    ap.add_argument(
+        "--refit", default=None, help="refit the table of an earlier JSON; no torch needed"
+    )
     ap.add_argument("--print-profile", action="store_true", help="print a CostProfile(...) snippet")
     args = ap.parse_args(argv)
-    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
 
     if args.refit:
         with open(args.refit) as fh:
@@ -499,14 +569,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         device_name = torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
         peak = args.peak_flops or peak_flops_for(device_name) or _NOMINAL_PEAK
-        log(f"building {args.config} ({args.dtype}) on {device_name}; {EAGER_NOTE}")
+        _log(f"building {args.config} ({args.dtype}) on {device_name}; {EAGER_NOTE}")
         model, cfg = build_model(args.config, device, args.dtype)
         shape = model_shape(model, cfg, peak)
         measured, skipped = measure(
-            model, cfg, device, parse_ints(args.prefill), parse_ints(args.batches),
-            parse_ints(args.contexts), args.warmup, args.repeats, log,
+            model,
+            cfg,
+            device,
+            parse_ints(args.prefill),
+            parse_ints(args.batches),
+            parse_ints(args.contexts),
+            args.warmup,
+            args.repeats,
+            _log,
         )
-        slug = device_name.lower().replace("nvidia", "").strip().split()[0] if device_name != "cpu" else "cpu"
+        slug = (
+            device_name.lower().replace("nvidia", "").strip().split()[0]
+            if device_name != "cpu"
+            else "cpu"
+        )
         name = args.name or f"{slug}-{args.config}-calibrated"
         doc = {
             "provenance": {
@@ -518,13 +599,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "dtype": args.dtype,
                 "config": args.config,
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                "command": " ".join([sys.executable, "-m", "backends.sim.calibrate", *(argv or sys.argv[1:])]),
-                "peak_flops_source": "flag" if args.peak_flops else
-                ("datasheet" if peak_flops_for(device_name) else "nominal (unknown device)"),
+                "command": " ".join(
+                    [sys.executable, "-m", "backends.sim.calibrate", *(argv or sys.argv[1:])]
+                ),
+                "peak_flops_source": "flag"
+                if args.peak_flops
+                else ("datasheet" if peak_flops_for(device_name) else "nominal (unknown device)"),
             },
             "notes": [EAGER_NOTE],
-            "model": {"config": CONFIGS[args.config], "parameters": sum(p.numel() for p in model.parameters()),
-                      "shape": dataclasses.asdict(shape)},
+            "model": {
+                "config": CONFIGS[args.config],
+                "parameters": sum(p.numel() for p in model.parameters()),
+                "shape": dataclasses.asdict(shape),
+            },
             "measured": measured,
             "skipped": skipped,
         }
@@ -536,24 +623,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     total_mem = doc["model"].get("device_memory_bytes")
     if total_mem:  # SGLang's default pool: mem_fraction_static 0.88 less the weights
         base = dataclasses.replace(
-            base, kv_capacity_tokens=int((total_mem * 0.88 - shape.weight_bytes) / shape.kv_bytes_per_token))
+            base,
+            kv_capacity_tokens=int(
+                (total_mem * 0.88 - shape.weight_bytes) / shape.kv_bytes_per_token
+            ),
+        )
     fit = fit_profile(_points(doc["measured"]), shape, base, name)
     emitted = adjust(fit.profile, args.graph_overhead_s, args.kv_copy_factor)
     doc["fit"] = _report(fit, emitted)
-    doc["fit"]["corrections"] = {"graph_overhead_s": args.graph_overhead_s, "kv_copy_factor": args.kv_copy_factor}
+    doc["fit"]["corrections"] = {
+        "graph_overhead_s": args.graph_overhead_s,
+        "kv_copy_factor": args.kv_copy_factor,
+    }
     with open(args.out, "w") as fh:
         json.dump(doc, fh, indent=2)
 
-    log(f"fit over {len(fit.points)} points: rms error {fit.rms_rel_error:.1%}, "
-        f"max {fit.max_abs_rel_error:.1%}; crossover {fit.crossover_tokens:.3g} tokens")
+    _log(
+        f"fit over {len(fit.points)} points: rms error {fit.rms_rel_error:.1%}, "
+        f"max {fit.max_abs_rel_error:.1%}; crossover {fit.crossover_tokens:.3g} tokens"
+    )
     for w in fit.warnings:
-        log(f"warning: {w}")
-    log(f"wrote {args.out}")
+        _log(f"warning: {w}")
+    _log(f"wrote {args.out}")
     if args.print_profile:
         prov = doc.get("provenance", {})
-        print(profile_snippet(emitted, (
-            f"Fitted by backends.sim.calibrate on {prov.get('device', '?')} "
-            f"({prov.get('dtype', '?')}, {prov.get('date', '?')}).\n{EAGER_NOTE}")))
+        print(
+            profile_snippet(
+                emitted,
+                (
+                    f"Fitted by backends.sim.calibrate on {prov.get('device', '?')} "
+                    f"({prov.get('dtype', '?')}, {prov.get('date', '?')}).\n{EAGER_NOTE}"
+                ),
+            )
+        )
     return 0
 
 

@@ -18,6 +18,20 @@ Checks against published results (see tests/test_sim_cost_model.py):
 batch-1 decode step 5.7 ms (16 GB / 3.35 TB/s = 4.8 ms is the floor; NVIDIA
 NIM publishes 4.6 ms ITL at concurrency 1, with FP8 weights), ~12.5 ms at 200
 sequences of ~512 context tokens, prefill of 2k tokens ~30k tokens/s.
+
+Recalibrating on a GPU: on a machine with torch and transformers (no weights
+or internet needed; the model is randomly initialised from its config), run
+``python -m backends.sim.calibrate --out calib.json --device cuda --dtype
+bfloat16 --config llama3-8b --print-profile``. It times prefill passes and
+decode steps over a grid (``--prefill``, ``--batches``, ``--contexts``; OOM
+points are skipped), fits ``mem_bandwidth``, ``mfu``, ``attn_efficiency``,
+``kv_bytes_per_token`` (effective), ``step_overhead_s`` and
+``per_seq_overhead_s`` by least squares, writes provenance, the raw table and
+per-point fit errors to the JSON, and prints a ``CostProfile(...)`` to paste
+here. It measures eager transformers, which is slower than SGLang (no CUDA
+graphs, DynamicCache copies the KV each step), so the fit is an upper bound;
+``--graph-overhead-s`` and ``--kv-copy-factor`` apply documented corrections,
+and ``--refit calib.json`` refits a saved table without torch.
 """
 
 from __future__ import annotations
