@@ -427,6 +427,7 @@ def measure(
     cache_kw = "cache" if "cache" in params else "past_key_values"  # renamed in transformers 5.x
     # Logits of the last prompt token only, as SGLang computes (older releases: num_logits_to_keep).
     keep = {k: 1 for k in ("logits_to_keep", "num_logits_to_keep") if k in params}
+    keep = dict(list(keep.items())[:1])
     elem = next(model.parameters()).element_size()
     dtype = next(model.parameters()).dtype
     head_dim = cfg.hidden_size // cfg.num_attention_heads
