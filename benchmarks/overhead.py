@@ -17,7 +17,6 @@ import asyncio
 import json
 import secrets
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backends.base import Engine
 from backends.sglang import make_engine
 
-from . import openai_routes, session_routes
+from . import logs, openai_routes, session_routes
 from .auth import Authenticator, Principal
 from .completion import Completions
 from .engines import EnginePool
@@ -176,6 +176,7 @@ class RequestIdMiddleware:
         if not rid or not rid.isprintable():
             rid = "req-" + uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
+        token = logs.request_id.set(rid)
         start = time.perf_counter()
         status = 500
         route = _route_label(scope)
@@ -191,6 +192,7 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            logs.request_id.reset(token)
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
 

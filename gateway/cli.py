@@ -8,6 +8,7 @@ import logging
 import sys
 from typing import Any
 
+from . import logs
 from .settings import Settings
 
 
@@ -44,9 +45,7 @@ def serve(args: argparse.Namespace) -> int:
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command",)}
     settings = Settings.load(flags)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(settings.log_level)
     log = logging.getLogger("parrot.cli")
     if not settings.api_keys:
         if _is_loopback(settings.host):

@@ -6,7 +6,6 @@ their placeholders are substituted).
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -73,13 +72,6 @@ def max_tokens_of(body: JSON) -> int:
         if isinstance(v, int) and v > 0:
             return min(v, MAX_TOKENS_ESTIMATE)
     return 256
-
-
-def sse(data: Any) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
-
-
-SSE_DONE = b"data: [DONE]\n\n"
 
 
 class Completions:
@@ -196,17 +188,3 @@ class Completions:
                         continue
                     chunk = {k: v for k, v in chunk.items() if k != "usage"}
             yield chunk
-
-
-async def sse_stream(chunks: AsyncIterator[JSON]) -> AsyncIterator[bytes]:
-    """Encode chunks as SSE; a failure after the headers went out becomes an error event."""
-    try:
-        async for chunk in chunks:
-            yield sse(chunk)
-    except ParrotError as exc:
-        yield sse(exc.body())
-    yield SSE_DONE
-
-
-def now() -> float:
-    return time.time()

@@ -11,7 +11,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .errors import BadRequest, NotFound
-from .sessions import NAME_RE, SESSION_RE
+from .ids import is_session_id, is_variable_name
 from .validation import parse_json
 
 if TYPE_CHECKING:
@@ -25,10 +25,10 @@ class PutVariable(BaseModel):
 
 def _ids(request: Request, with_name: bool = False) -> tuple[str, str]:
     sid = request.path_params["sid"]
-    if not SESSION_RE.match(sid):
+    if not is_session_id(sid):
         raise BadRequest("session id must match [A-Za-z0-9_.-]{1,128}", param="session")
     name = request.path_params.get("name", "")
-    if with_name and not NAME_RE.match(name):
+    if with_name and not is_variable_name(name):
         raise BadRequest("variable name must match [A-Za-z_][A-Za-z0-9_]{0,63}", param="name")
     return sid, name
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -41,14 +40,13 @@ from .errors import (
     UpstreamFailed,
 )
 from .metrics import Metrics
-from .openai_routes import streaming
+from .ids import is_session_id, is_variable_name
+from .responses import CLIENT_CLOSED, finished_before_disconnect, primed, streaming
 from .settings import Settings
 from .store import RequestRecord, SessionStore, Variable
 
 log = logging.getLogger("parrot.sessions")
 
-SESSION_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
-NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 H_SESSION = "x-parrot-session"
 H_OUTPUT = "x-parrot-output"
 H_ASYNC = "x-parrot-async"
@@ -69,12 +67,12 @@ class SemanticHeaders:
 
 def parse_headers(headers: Mapping[str, str], default_timeout_s: float) -> SemanticHeaders:
     session = headers.get(H_SESSION, "")
-    if not SESSION_RE.match(session):
+    if not is_session_id(session):
         raise BadRequest(
             "X-Parrot-Session must match [A-Za-z0-9_.-]{1,128}", param=H_SESSION, code="invalid_header"
         )
     output = headers.get(H_OUTPUT)
-    if output is not None and not NAME_RE.match(output):
+    if output is not None and not is_variable_name(output):
         raise BadRequest(
             "X-Parrot-Output must be a variable name [A-Za-z_][A-Za-z0-9_]{0,63}",
             param=H_OUTPUT, code="invalid_header",
@@ -185,6 +183,7 @@ class Sessions:
             raise DependencyCycle([h.output, "request", h.output])
         self.completions.resolve_model(body)
         now = time.time()
+        deadline = now + h.timeout_s
         rec = RequestRecord(
             id="pr-" + uuid.uuid4().hex[:16],
             tenant=principal.tenant,
@@ -207,8 +206,7 @@ class Sessions:
             except DuplicateProducer as exc:
                 raise Conflict(f"variable '{h.output}' already has a producer", param=H_OUTPUT) from exc
 
-        await self.store.register_request(rec, validate=validate, deadline=now + h.timeout_s)
-        deadline = now + h.timeout_s
+        await self.store.register_request(rec, validate=validate, deadline=deadline)
         ctx = RequestContext(
             request_id=request.state.request_id, tenant=principal.tenant, session=h.session,
             weight=principal.weight,
@@ -220,8 +218,6 @@ class Sessions:
             return await self._sync_stream(rec, route, body, ctx, deadline)
         task = self._spawn(rec, self._run(rec, route, body, ctx, deadline))
         # Shield: a disconnecting client must not kill work whose output others need.
-        from .openai_routes import CLIENT_CLOSED, finished_before_disconnect
-
         waiter = asyncio.shield(task)
         # Its outcome is read here or, after a disconnect, nowhere: mark it retrieved.
         waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
@@ -301,6 +297,21 @@ class Sessions:
             values[name] = var.value or ""
         return values
 
+    async def _analyse(self, rec: RequestRecord) -> tuple[bool, str | None]:
+        """Deduced objective and task group of ``rec`` from its session's graph.
+
+        Both need other requests only when someone consumes ``rec``'s output (a
+        latency request stays latency; a group needs a common consumer), so the
+        whole graph is read only then.
+        """
+        if rec.criteria == "latency":
+            out = await self.store.get_variable(rec.tenant, rec.session, rec.output) if rec.output else None
+            if out is None or not out.consumers:
+                return True, None
+        graph = graph_of(await self.store.list_requests(rec.tenant, rec.session))
+        objective = graph.deduce_objectives().get(rec.id, rec.criteria)  # type: ignore[arg-type]
+        return objective == "latency", graph.task_groups().get(rec.id)
+
     def _substituted(self, route: Route, body: JSON, values: dict[str, str]) -> JSON:
         out = dict(body)
         if route == "chat":
@@ -313,12 +324,7 @@ class Sessions:
                        deadline: float) -> JSON:
         values = await self._inputs(rec, deadline)
         engine_body = self._substituted(route, body, values)
-        records = await self.store.list_requests(rec.tenant, rec.session)
-        graph = graph_of(records)
-        objectives = graph.deduce_objectives()
-        groups = graph.task_groups()
-        ctx.latency_critical = objectives.get(rec.id, rec.criteria) == "latency"
-        ctx.group = groups.get(rec.id)
+        ctx.latency_critical, ctx.group = await self._analyse(rec)
         ctx.request_id = rec.id
         tokens = prompt_tokens(route, engine_body)
         ctx.prompt_tokens = tokens
@@ -446,12 +452,7 @@ class Sessions:
                 if not finished and not await self._needed(rec):
                     task.cancel()
 
-        from .openai_routes import primed
-
-        try:
-            return streaming(await primed(chunks()))
-        except StopAsyncIteration:
-            return streaming(_none())
+        return streaming(await primed(chunks()))
 
     async def _needed(self, rec: RequestRecord) -> bool:
         """Is this request's output consumed by another request of the session?"""
@@ -519,8 +520,3 @@ class Sessions:
                 for g in pgroups
             ],
         }
-
-
-async def _none() -> AsyncIterator[JSON]:
-    return
-    yield  # pragma: no cover

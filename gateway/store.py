@@ -25,8 +25,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -34,11 +32,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
+import orjson
+
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 from gateway.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
+from gateway.ids import is_session_id
 from gateway.notifier import Event, EventKind, Notifier, channel_name
 from gateway.types import JSON, VarStatus
 
@@ -48,7 +49,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-SESSION_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")
 SESSION_DELETED = "session deleted"
 _MAX_ATTEMPTS = 50  # WATCH retries before calling it contention
 
@@ -71,14 +71,14 @@ class Variable:
     def to_public(self) -> JSON:
         return {"name": self.name, "status": self.status, "value": self.value, "error": self.error}
 
-    def to_json(self) -> str:
-        d = dataclasses.asdict(self)
+    def to_json(self) -> bytes:
+        d = dict(self.__dict__)
         del d["name"]  # the hash field
-        return json.dumps(d)
+        return orjson.dumps(d)
 
     @classmethod
     def from_json(cls, name: str, data: bytes | str) -> Variable:
-        d = json.loads(data)
+        d = orjson.loads(data)
         return cls(
             name=name,
             status=d["status"],
@@ -147,12 +147,14 @@ class RequestRecord:
             "group": self.group,
         }
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
+    def to_json(self) -> bytes:
+        # orjson serialises dataclasses natively, ~20x faster than asdict + json:
+        # records are written 2-3 times per request and read back per graph view.
+        return orjson.dumps(self)
 
     @classmethod
     def from_json(cls, data: bytes | str) -> RequestRecord:
-        d = json.loads(data)
+        d = orjson.loads(data)
         return cls(**{k: v for k, v in d.items() if k in _RECORD_FIELDS})
 
 
@@ -169,7 +171,7 @@ class SessionKeys:
 
     @classmethod
     def of(cls, prefix: str, tenant: str, session: str) -> SessionKeys:
-        if not SESSION_RE.fullmatch(session):
+        if not is_session_id(session):
             raise BadRequest(f"invalid session id {session!r}", param="X-Parrot-Session")
         tag = f"{quote(tenant, safe='')}:{session}"
         base = f"{prefix}:{{{tag}}}"

@@ -168,6 +168,27 @@ def test_gateway_not_slower_than_baseline(bench_run: Path) -> None:
     assert s["workloads"]["chain"]["speedup"] > 1.2
 
 
+@pytest.mark.timeout(240)
+def test_peers_in_the_same_run(tmp_path: Path) -> None:
+    """The tiny comparison CI runs: SGLang Model Gateway (smg, cache_aware) beside the
+    gateway on the same simulated engines, caches flushed between systems."""
+    import shutil
+
+    from benchmarks.cli import main
+
+    if shutil.which("smg") is None:
+        pytest.skip("smg (the sglang-router package) is not installed")
+    rc = main(["shared-prompt", "--size", "small", "--time-scale", "0.25", "--apps", "6",
+               "--systems", "baseline,sglang-router,gateway-plain", "--out", str(tmp_path),
+               "--no-progress"])
+    assert rc == 0
+    w = json.loads((tmp_path / "summary.json").read_text())["workloads"]["shared-prompt"]
+    assert set(w["systems"]) == {"baseline", "sglang-router", "gateway-plain"}
+    for name, m in w["systems"].items():
+        assert m["failed"] == 0, (name, m["errors"])
+        assert 0.0 < m["cached_token_ratio"] <= 1.0, name
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_all_workloads_small(tmp_path: Path) -> None:

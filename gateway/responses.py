@@ -1,0 +1,77 @@
+"""How answers reach the client: SSE encoding, primed streams, disconnect watching."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from gateway.types import JSON
+
+from .errors import ParrotError
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+SSE_DONE = b"data: [DONE]\n\n"
+CLIENT_CLOSED = 499  # nginx's code: nobody reads this response
+
+
+def sse(data: Any) -> bytes:
+    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+
+
+async def sse_stream(chunks: AsyncIterator[JSON]) -> AsyncIterator[bytes]:
+    """Encode chunks as SSE; a failure after the headers went out becomes an error event."""
+    try:
+        async for chunk in chunks:
+            yield sse(chunk)
+    except ParrotError as exc:
+        yield sse(exc.body())
+    yield SSE_DONE
+
+
+async def primed(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """Pull the first chunk before the response starts, so early errors get a real status."""
+    try:
+        first = await chunks.__anext__()
+    except StopAsyncIteration:
+        return _no_chunks()
+
+    async def rest() -> AsyncIterator[Any]:
+        yield first
+        async for c in chunks:
+            yield c
+
+    return rest()
+
+
+async def _no_chunks() -> AsyncIterator[Any]:
+    return
+    yield  # pragma: no cover
+
+
+def streaming(chunks: AsyncIterator[JSON]) -> StreamingResponse:
+    return StreamingResponse(sse_stream(chunks), media_type="text/event-stream", headers=SSE_HEADERS)
+
+
+async def finished_before_disconnect(request: Request, task: asyncio.Future[Any]) -> bool:
+    """Wait for ``task`` or the client's disconnect, whichever comes first.
+
+    Starlette does not cancel a handler whose client went away, so a
+    non-streaming call would keep its engine busy for nothing; the caller
+    decides what to cancel (a semantic request may still be needed).
+    """
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    return task.done()
