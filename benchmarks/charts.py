@@ -30,8 +30,9 @@ def speedup_bars(summary: dict[str, Any], path: Path) -> Path:
     ax.axhline(1.0, color="black", lw=0.8)
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("mean e2e latency / gateway's (x)")
-    ax.set_title(f"Speedup of parrot-gateway (higher = gateway faster)\n{summary.get('engine_label', '')}, "
-                 f"client RTT {summary.get('client_rtt_ms', 0):g} ms", fontsize=9)
+    ax.set_title(f"Speedup of parrot-gateway (higher = gateway faster), "
+                 f"client RTT {summary.get('client_rtt_ms', 0):g} ms\n"
+                 f"{summary.get('engine_label', '')}", fontsize=8)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
