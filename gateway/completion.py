@@ -24,8 +24,6 @@ from .metrics import Metrics
 from .policy import Job
 from .scheduler import Dispatcher, Outcome, Restart
 
-LATENCY_PRIORITY = 10
-THROUGHPUT_PRIORITY = 0
 
 
 @dataclass
@@ -39,6 +37,7 @@ class RequestContext:
     group: str | None = None
     weight: float = 1.0
     prompt_tokens: list[int] | None = None  # already tokenized (semantic requests)
+    app_started: float | None = None  # wall time its application (session) started
 
 
 def prompt_text(route: Route, body: JSON) -> str:
@@ -113,11 +112,13 @@ class Completions:
             session=ctx.session,
             weight=ctx.weight,
             avoid=avoid,
+            app_started=None if ctx.app_started is None
+            else self.dispatcher.clock() - max(0.0, time.time() - ctx.app_started),
         )
 
     def _call(self, route: Route, body: JSON, ctx: RequestContext) -> EngineCall:
-        priority = LATENCY_PRIORITY if ctx.latency_critical else THROUGHPUT_PRIORITY
-        return EngineCall(route=route, body=body, rid=ctx.request_id, priority=priority)
+        # The priority comes from the policy's dispatch decision (class and app age).
+        return EngineCall(route=route, body=body, rid=ctx.request_id)
 
     async def complete(self, route: Route, body: JSON, ctx: RequestContext) -> Outcome:
         avoid = self.resolve_model(body)

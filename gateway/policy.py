@@ -276,7 +276,7 @@ class Scheduler:
             if leader is not None and leader.state == _INFLIGHT and leader is not rec:
                 self._hold(rec, leader, target, now)
                 return True
-        self._dispatch(rec, target, cls, m.resident * self._block, out)
+        self._dispatch(rec, target, cls, m.resident * self._block, out, now)
         return True
 
     def _choose(
@@ -360,7 +360,7 @@ class Scheduler:
         return left
 
     def _dispatch(
-        self, rec: _Rec, e: EngineState, cls: int, cached: int, out: list[Decision]
+        self, rec: _Rec, e: EngineState, cls: int, cached: int, out: list[Decision], now: float
     ) -> None:
         job = rec.job
         jid = job.id
@@ -378,12 +378,20 @@ class Scheduler:
             priority = cfg.priority_aged
         else:
             priority = cfg.priority_latency
+        priority += self._age_bonus(job, now)
         self._queue.forget(jid)
         self._ungroup(rec)
         e.jobs.add(jid)
         self._engines.update(e, inflight=1, work=rec.work, kv=rec.kv)
         self._dispatched += 1
         out.append(Dispatch(jid, e.name, priority, cached))
+
+    def _age_bonus(self, job: Job, now: float) -> int:
+        """Priority inside a class: how long the job's application has been running."""
+        if job.app_started is None:
+            return 0
+        cfg = self.config
+        return min(cfg.age_priority_cap, max(0, int((now - job.app_started) * cfg.age_priority_per_s)))
 
     # warm-up -------------------------------------------------------------------
     def _hold(self, rec: _Rec, leader: _Rec, e: EngineState, now: float) -> None:

@@ -24,6 +24,7 @@ class Job:
     weight: float = 1.0  # tenant weight for fair queuing
     pin_engine: str | None = None  # must run there (waits while that engine is unavailable)
     avoid: frozenset[str] = frozenset()  # engines not to use (retries after failure)
+    app_started: float | None = None  # when its application (session) started, same clock as now
 
 
 @dataclass
@@ -67,9 +68,16 @@ class SchedulerConfig:
     latency_reserve_frac: float = 0.125  # share of slots throughput work may not take
     default_kv_capacity_tokens: int = 400_000  # prefix-cache size assumed when unknown
     max_wait_s: float = 30.0  # throughput job queued longer than this is promoted (aging)
-    priority_latency: int = 10
-    priority_aged: int = 5
+    # SGLang priorities (higher = sooner). Classes are 1,000 apart; inside a class a
+    # request gains ``age_priority_per_s`` per second its application has been
+    # running (capped below the next class), so an engine's waiting queue runs the
+    # steps of older applications first: a reduce is not queued behind the maps of
+    # applications that arrived after it started (application-level FIFO).
+    priority_latency: int = 2000
+    priority_aged: int = 1000
     priority_throughput: int = 0
+    age_priority_per_s: float = 10.0
+    age_priority_cap: int = 999
     prefill_token_weight: float = 0.05  # cost of one uncached prompt token vs one output token
     external_request_work: float = 128.0  # work assumed per request we did not send (on_load)
     max_skips: int = 64  # unplaceable queue heads (pin/avoid/KV) passed over per schedule()

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -54,6 +55,7 @@ H_CRITERIA = "x-parrot-criteria"
 H_TIMEOUT = "x-parrot-timeout"
 MAX_TIMEOUT_S = 86400.0
 PREFIX_HASH_BLOCKS = 128
+MAX_TRACKED_SESSIONS = 100_000
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,9 @@ class Sessions:
         self.replica = "gw-" + uuid.uuid4().hex[:8]
         self._tasks: set[asyncio.Task[Any]] = set()
         self._by_session: dict[tuple[str, str], set[asyncio.Task[Any]]] = {}
+        # When each session started, as this replica saw it (bounded LRU): the
+        # scheduler ranks the steps of older applications first.
+        self._started: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     @staticmethod
     def is_semantic(headers: Mapping[str, str]) -> bool:
@@ -209,7 +214,7 @@ class Sessions:
         await self.store.register_request(rec, validate=validate, deadline=deadline)
         ctx = RequestContext(
             request_id=request.state.request_id, tenant=principal.tenant, session=h.session,
-            weight=principal.weight,
+            weight=principal.weight, app_started=self._session_started(rec),
         )
         if h.is_async:
             self._spawn(rec, self._run(rec, route, body, ctx, deadline))
@@ -227,6 +232,14 @@ class Sessions:
             return Response(status_code=CLIENT_CLOSED)
         result: JSON = waiter.result()
         return JSONResponse(result)
+
+    def _session_started(self, rec: RequestRecord) -> float:
+        key = (rec.tenant, rec.session)
+        started = self._started.pop(key, rec.created_at)
+        self._started[key] = started
+        while len(self._started) > MAX_TRACKED_SESSIONS:
+            self._started.popitem(last=False)
+        return started
 
     def _spawn(self, rec: RequestRecord, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=f"parrot:{rec.id}")

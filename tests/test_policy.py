@@ -54,7 +54,8 @@ def test_latency_jobs_go_first_with_higher_priority() -> None:
     out = dispatches(s.schedule(0))
     assert [d.job_id for d in out] == ["chat", "bulk1"]
     assert out[0].priority > out[1].priority
-    assert (out[0].priority, out[1].priority) == (10, 0)
+    cfg = SchedulerConfig()
+    assert (out[0].priority, out[1].priority) == (cfg.priority_latency, cfg.priority_throughput)
 
 
 def test_throughput_leaves_reserve_slots_for_latency() -> None:
@@ -360,7 +361,7 @@ def test_throughput_aging_prevents_starvation() -> None:
             s.on_finish(d.job_id, t + 0.5)
         t += 1.0
     bulk = [d for d in got if d.job_id == "bulk"]
-    assert bulk and bulk[0].priority == 5
+    assert bulk and bulk[0].priority == SchedulerConfig().priority_aged
 
 
 def test_avoid_and_pin_honoured() -> None:
@@ -465,3 +466,23 @@ def test_make_scheduler_and_baselines() -> None:
     out = rr.schedule(0)
     assert [d.engine for d in out] == ["e0", "e1", "e2", "e0", "e1", "e2"]
     assert rr.stats()["queued"] == 1
+
+
+def test_older_applications_get_higher_priority_within_a_class() -> None:
+    """A late step of an application that started earlier outranks the first steps of
+    applications that started later, so the engine's queue runs it first."""
+    s = Scheduler(SchedulerConfig())
+    s.add_engine("e0", 64, None, 0.0)
+    s.submit(Job("new-map", "t", [1, 2, 3], 8, True, app_started=9.75), 10.0)
+    s.submit(Job("old-reduce", "t", [4, 5, 6], 8, True, app_started=2.0), 10.0)
+    s.submit(Job("plain", "t", [7, 8, 9], 8, True), 10.0)
+    prio = {d.job_id: d.priority for d in s.schedule(10.0) if isinstance(d, Dispatch)}
+    cfg = SchedulerConfig()
+    assert prio["old-reduce"] == cfg.priority_latency + 80  # 8 s x 10 per s
+    assert prio["new-map"] == cfg.priority_latency + 2
+    assert prio["plain"] == cfg.priority_latency
+    s.submit(Job("ancient", "t", [1], 8, True, app_started=-1e6), 10.0)
+    s.submit(Job("bulk", "t", [2], 8, False, app_started=-1e6), 10.0)
+    prio = {d.job_id: d.priority for d in s.schedule(10.0) if isinstance(d, Dispatch)}
+    assert prio["ancient"] == cfg.priority_latency + cfg.age_priority_cap
+    assert prio["bulk"] < cfg.priority_aged <= cfg.priority_latency  # classes never overlap
