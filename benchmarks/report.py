@@ -32,3 +32,49 @@ def print_table(summary: dict[str, Any], console: Console | None = None) -> None
     console.print(t)
     for note in summary.get("notes") or []:
         console.print(f"[yellow]note:[/yellow] {note}")
+
+
+SYSTEM_ORDER = ("baseline", "sglang-router", "gateway-plain", "gateway")
+
+
+def markdown_table(summary: dict[str, Any]) -> str:
+    """Mean app latency per system (engine seconds), the bound and the ratios, as Markdown."""
+    systems = [s for s in SYSTEM_ORDER if any(s in w["systems"] for w in summary["workloads"].values())]
+    head = ["workload", *systems, "bound", "baseline/gateway", "router/gateway", "gateway/bound",
+            "cached (router / gateway)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    rows: list[tuple[str, dict[str, Any], Any]] = []
+    for name, w in summary["workloads"].items():
+        if w.get("sweep"):
+            rows += [(f"{name} @{rate}/s", v["systems"], v["speedup"]) for rate, v in w["sweep"].items()]
+        else:
+            rows.append((name, w["systems"], w.get("speedup")))
+    for name, ms, speedup in rows:
+        w = summary["workloads"][name.split(" @")[0]]
+        gw = (ms.get("gateway") or {}).get("e2e_mean_s")
+        router = (ms.get("sglang-router") or {}).get("e2e_mean_s")
+        cached = " / ".join(_f((ms.get(s) or {}).get("cached_token_ratio"), 2)
+                            for s in ("sglang-router", "gateway"))
+        row = [name, *(_f((ms.get(s) or {}).get("e2e_mean_s")) for s in systems), _f(w.get("bound_s")),
+               _f(speedup, 2) + "x",
+               (_f(router / gw, 2) + "x") if router and gw else "-",
+               _f(gw / w["bound_s"], 2) if gw and w.get("bound_s") else "-", cached]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.report DIR...`: print each run's summary as a Markdown table."""
+    import json
+    import sys
+    from pathlib import Path
+
+    for d in (argv if argv is not None else sys.argv[1:]):
+        summary = json.loads((Path(d) / "summary.json").read_text())
+        print(f"\n{d}: {summary.get('engine_label')}, client RTT {summary.get('client_rtt_ms', 0):g} ms\n")
+        print(markdown_table(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
