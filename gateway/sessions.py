@@ -16,9 +16,9 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -38,6 +38,7 @@ from .errors import (
     NotFound,
     ParrotError,
     PayloadTooLarge,
+    ServiceUnavailable,
     UpstreamFailed,
 )
 from .metrics import Metrics
@@ -56,6 +57,8 @@ H_TIMEOUT = "x-parrot-timeout"
 MAX_TIMEOUT_S = 86400.0
 PREFIX_HASH_BLOCKS = 128
 MAX_TRACKED_SESSIONS = 100_000
+STORE_RETRY_S = 30.0  # how long a finished request retries saving its result
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,21 @@ class SemanticHeaders:
     is_async: bool
     criteria: str
     timeout_s: float
+
+
+async def _persist(write: Callable[[], Awaitable[T]], within_s: float = STORE_RETRY_S) -> T:
+    """Run a store write, retrying while Redis is unreachable (a restart, a failover):
+    a result computed by an engine is not thrown away for a short outage."""
+    deadline = time.monotonic() + within_s
+    delay = 0.05
+    while True:
+        try:
+            return await write()
+        except ServiceUnavailable:
+            if time.monotonic() + delay > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def parse_headers(headers: Mapping[str, str], default_timeout_s: float) -> SemanticHeaders:
@@ -364,11 +382,12 @@ class Sessions:
         rec.finished_at, rec.error = time.time(), reason
         try:
             if rec.output:
-                if await self.store.fail_variable(rec.tenant, rec.session, rec.output, reason,
-                                                  record=rec):
+                output = rec.output
+                if await _persist(lambda: self.store.fail_variable(
+                        rec.tenant, rec.session, output, reason, record=rec)):
                     self.metrics.variables.labels("failed").inc()
             else:
-                await self.store.save_request(rec)
+                await _persist(lambda: self.store.save_request(rec))
         except ParrotError:
             log.warning("could not record failure of %s (state store down)", rec.id)
 
@@ -380,10 +399,12 @@ class Sessions:
             rec.completion_tokens = usage.completion_tokens
             rec.prompt_tokens = usage.prompt_tokens
         if rec.output:
-            await self.store.set_result(rec.tenant, rec.session, rec.output, text, record=rec)
+            output = rec.output
+            await _persist(lambda: self.store.set_result(
+                rec.tenant, rec.session, output, text, record=rec))
             self.metrics.variables.labels("ready").inc()
         else:
-            await self.store.save_request(rec)
+            await _persist(lambda: self.store.save_request(rec))
 
     async def _run(self, rec: RequestRecord, route: Route, body: JSON, ctx: RequestContext,
                    deadline: float) -> JSON:

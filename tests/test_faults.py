@@ -284,3 +284,33 @@ def test_disconnect_keeps_work_that_others_need(slow: tuple[UvicornThread, Uvico
         assert out["status"] == "ready" and out["value"], out
     for final in ("final", "final1"):
         assert c.get(f"/v1/sessions/d2/variables/{final}?wait=20").json()["status"] == "ready"
+
+
+def test_result_finished_during_redis_outage_is_kept(own_redis: RedisServer) -> None:
+    """An engine finishes while Redis is down: the gateway keeps retrying the write, so
+    the variable ends ready (not pending forever, not failed) once Redis is back."""
+    engine = start_engine(time_scale=1.0)
+    gw = start_gateway(own_redis.url, [engine.url])
+    c = httpx.Client(base_url=gw.url, timeout=30)
+    try:
+        h = {"X-Parrot-Session": "out1", "X-Parrot-Output": "x", "X-Parrot-Async": "1"}
+        r = c.post(CHAT, headers=h, json={"messages": [{"role": "user", "content": "long"}],
+                                          "max_tokens": 500, "ignore_eos": True})
+        assert r.status_code == 200
+        time.sleep(1.2)                 # registered and fsynced (AOF everysec)
+        own_redis.stop()                # the engine (~3 s of decode) finishes during the outage
+        time.sleep(4.5)
+        own_redis.start()
+        deadline = time.monotonic() + 30
+        while True:
+            v = c.get("/v1/sessions/out1/variables/x", params={"wait": 5})
+            if v.status_code == 200 and v.json()["status"] != "pending":
+                break
+            assert time.monotonic() < deadline, v.text
+        assert v.json()["status"] == "ready" and v.json()["value"]
+        graph = c.get("/v1/sessions/out1").json()
+        assert graph["requests"][0]["status"] == "done"
+    finally:
+        c.close()
+        gw.stop()
+        engine.stop()
