@@ -4,8 +4,12 @@ real uvicorn server on loopback (own thread, own event loop), over a given Redis
 
 from __future__ import annotations
 
+import subprocess
+import time
 from dataclasses import dataclass, field
 from typing import Any
+
+import httpx
 
 from .serving import UvicornThread
 from .settings import Settings
@@ -75,3 +79,17 @@ def start_stack(
         stack.stop()
         raise
     return stack
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60) -> None:
+    """Poll ``url``/ready until it answers 200; fail early if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc is None or proc.poll() is None, "the server exited early"
+        try:
+            if httpx.get(url + "/ready", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{url} did not become ready in {timeout:.0f} s")

@@ -16,23 +16,11 @@ import httpx
 import pytest
 
 from gateway.redis_server import free_port
+from gateway.testing import wait_ready
 
 pytestmark = pytest.mark.timeout(120)
 
 CHAT = "/v1/chat/completions"
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "serve exited early"
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("gateway did not become ready")
 
 
 def _chat(url: str, i: int) -> tuple[int, str]:
@@ -62,7 +50,7 @@ def test_sigterm_drains_then_exits_0(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
-        _wait_ready(url, proc)
+        wait_ready(url, proc)
         # a semantic request submitted async, and a client long-polling its output
         r = httpx.post(url + CHAT, headers={"X-Parrot-Session": "d", "X-Parrot-Async": "1",
                                             "X-Parrot-Output": "out"},

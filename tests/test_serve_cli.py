@@ -6,28 +6,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-import httpx
 import openai
 import pytest
 
 from gateway.redis_server import free_port
+from gateway.testing import wait_ready
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "serve exited early"
-        try:
-            if httpx.get(url + "/ready", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError("gateway did not become ready")
 
 
 def test_serve_embedded_defaults_and_sigterm(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -39,7 +25,7 @@ def test_serve_embedded_defaults_and_sigterm(tmp_path) -> None:  # type: ignore[
                             env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_ready(url, proc)
+        wait_ready(url, proc)
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         model = client.models.list().data[0].id
         r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],

@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from analysis.tokenizer import Tokenizer, get_tokenizer
 from gateway.errors import BadRequest, ParrotError
+from gateway.responses import finished_before_disconnect
 from gateway.serving import UvicornThread
 
 from . import protocol as P
@@ -165,18 +166,7 @@ class SimServer:
     async def _until_disconnect(self, request: Request, work: Awaitable[Any]) -> Any:
         """Await ``work``; if the client goes away first, cancel it (SGLang aborts too)."""
         task = asyncio.ensure_future(work)
-
-        async def watch() -> None:
-            while True:
-                msg = await request.receive()
-                if msg["type"] == "http.disconnect":
-                    return
-
-        watcher = asyncio.ensure_future(watch())
-        try:
-            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
+        await finished_before_disconnect(request, task)
         if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
