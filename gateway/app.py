@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 import redis.asyncio as aioredis
@@ -61,7 +61,6 @@ class Gateway:
     limits: RateLimiter
     metrics: Metrics
     draining: bool = False
-    started_at: float = field(default_factory=time.time)
 
     def principal(self, request: Request) -> Principal:
         principal = self.auth.authenticate(request.headers.get("authorization"))
@@ -281,10 +280,6 @@ def create_app(
     return app
 
 
-def route_paths(app: Starlette) -> list[str]:
-    return [getattr(r, "path", "") for r in app.routes]
-
-
-__all__ = ["Gateway", "build_gateway", "create_app", "route_paths"]
+__all__ = ["Gateway", "build_gateway", "create_app"]
 
 
