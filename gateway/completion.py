@@ -9,17 +9,17 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from analysis.chat_template import render_chat
 from analysis.tokenizer import get_tokenizer
-from backends.base import EngineCall, EngineFailure, Usage
+from backends.base import EngineCall, Usage
 from gateway.types import JSON, Route
 
 from .assemble import Assembler
 from .engines import EnginePool
-from .errors import NotFound, ParrotError
+from .errors import NotFound
 from .metrics import Metrics
 from .policy import Job
 from .scheduler import Dispatcher, Outcome, Restart
@@ -135,30 +135,21 @@ class Completions:
         return outcome
 
     async def _assembled(self, route: Route, job: Job, call: EngineCall) -> Outcome:
-        # The client of a non-streaming request has seen nothing yet, so an engine that
-        # dies mid-stream is retried whole on another engine (the dispatcher itself only
-        # retries before the first chunk), within the same retry budget.
-        avoid = set(job.avoid)
-        for attempt in range(self.dispatcher.retry_budget + 1):
-            assembler = Assembler(route)
-            started: list[tuple[str, float]] = []
-            t0 = time.monotonic()
-            try:
-                async for chunk in self.dispatcher.stream(
-                    replace(job, avoid=frozenset(avoid)), call,
-                    lambda e, q: started.append((e, q)),
-                ):
-                    assembler.add(chunk)
-            except ParrotError as exc:
-                cause = exc.__cause__
-                retryable = isinstance(cause, EngineFailure) and cause.retryable
-                if not (started and retryable) or attempt == self.dispatcher.retry_budget:
-                    raise
-                avoid.add(started[0][0])
+        """Stream from the engine, fold the chunks into one response. The client has
+        seen nothing yet, so an engine dying mid-stream is retried on another one
+        (``restartable``: the dispatcher says ``RESTART`` and the assembly starts over)."""
+        assembler = Assembler(route)
+        started: list[tuple[str, float]] = []
+        t0 = time.monotonic()
+        async for chunk in self.dispatcher.stream(
+            job, call, lambda e, q: started.append((e, q)), restartable=True
+        ):
+            if isinstance(chunk, Restart):
+                assembler = Assembler(route)
                 continue
-            break
+            assembler.add(chunk)
         body = assembler.result()
-        engine, queued_s = started[0] if started else ("", 0.0)
+        engine, queued_s = started[-1] if started else ("", 0.0)
         return Outcome(engine, body, Usage.from_openai(body.get("usage")), queued_s,
                        time.monotonic() - t0 - queued_s)
 

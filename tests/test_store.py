@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.errors import (
+    BadRequest,
     Conflict,
     DependencyCycle,
     NotFound,
@@ -243,7 +244,7 @@ def test_keys_share_one_hash_tag() -> None:
         tags = {k[k.index("{") + 1 : k.index("}")] for k in (*keys.data, keys.channel)}
         assert len(tags) == 1, keys
     assert store.keys("a:b", "c").meta != store.keys("a%3Ab", "c").meta
-    with pytest.raises(Exception):
+    with pytest.raises(BadRequest):
         store.keys(T, "bad:session")
 
 
