@@ -31,7 +31,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("workloads", nargs="+", metavar="WORKLOAD",
                    help=f"{', '.join(ALL)}, overhead, or all")
     p.add_argument("--systems", default=DEFAULT_SYSTEMS,
-                   help=f"comma-separated (default {DEFAULT_SYSTEMS}; sglang-router skipped if smg is missing)")
+                   help=f"comma-separated (default {DEFAULT_SYSTEMS}; "
+                        "sglang-router skipped if smg is missing)")
     p.add_argument("--engines", type=int, default=2, help="simulated engines to start (default 2)")
     p.add_argument("--time-scale", type=float, default=0.1,
                    help="wall time per engine second of the simulated engines (default 0.1)")

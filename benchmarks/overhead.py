@@ -24,9 +24,10 @@ from typing import Any
 
 import httpx
 
+from gateway.redis_server import free_port
+
 from .metrics import percentile
 from .services import Services, _wait_http
-from gateway.redis_server import free_port
 
 PROCESSES = {
     "direct": "client (1 process, asyncio) -> engine (1 process)",
@@ -135,8 +136,9 @@ def run_overhead(out: Path, concurrency: int = 16, requests: int = 400, profile:
             headers = {"Authorization": f"Bearer {LITELLM_KEY}"} if name == "litellm" else None
             result["systems"][name] = asyncio.run(load(target, svc.model, concurrency, requests,
                                                        headers=headers))
-    direct = min((result["systems"]["direct"], result["systems"]["direct-repeat"]), key=lambda m: m["p50_ms"])
-    for name, m in result["systems"].items():
+    direct = min((result["systems"]["direct"], result["systems"]["direct-repeat"]),
+                 key=lambda m: m["p50_ms"])
+    for m in result["systems"].values():
         m["added_p50_ms"] = round(m["p50_ms"] - direct["p50_ms"], 3)
         m["added_p99_ms"] = round(m["p99_ms"] - direct["p99_ms"], 3)
     (out / "overhead.json").write_text(json.dumps(result, indent=2))

@@ -120,7 +120,9 @@ async def measure_bound(svc: Services, wl: Workload, model: str, time_scale: flo
     return out
 
 
-async def run_workload(system: System, wl: Workload, time_scale: float, progress: Any = None) -> list[AppResult]:
+async def run_workload(
+    system: System, wl: Workload, time_scale: float, progress: Any = None
+) -> list[AppResult]:
     """Start each app at its arrival time (scaled to wall) and wait for all of them."""
     t0 = time.time() + 0.02
 
@@ -154,7 +156,8 @@ async def run_benchmark(cfg: BenchConfig, svc: Services, log: Any = print) -> di
     """Run the configured workloads x systems x rates; write raw JSON; return the summary."""
     cfg.out.mkdir(parents=True, exist_ok=True)
     (cfg.out / "raw").mkdir(exist_ok=True)
-    rtt_s = cfg.client_rtt_ms / 1000.0 * cfg.time_scale  # network delay in engine time, scaled like the engines
+    # network delay in engine time, scaled like the engines
+    rtt_s = cfg.client_rtt_ms / 1000.0 * cfg.time_scale
     systems = [s for s in cfg.systems if s != "sglang-router" or svc.router]
     summary: dict[str, Any] = {
         "engines": svc.label,

@@ -290,7 +290,8 @@ def multi_agent_app(instance: str, seed: int, fanout: int, rounds: int, preamble
             if kind != "review":
                 new[i] = name
         current = new
-    last_round = [s.name for s in steps if s.stage == steps[-1].stage and s.name.endswith(f"_r{int(rounds) - 1}")]
+    last = f"_r{int(rounds) - 1}"
+    last_round = [s.name for s in steps if s.stage == steps[-1].stage and s.name.endswith(last)]
     return App("multi-agent", instance, tuple(steps), tuple(last_round), tenant,
                shape=f"multi-agent:{fanout}x{rounds}:{preamble}/{design}/{file}/{review}")
 
@@ -366,8 +367,9 @@ def build_workload(name: str, size: str = "small", seed: int = 0, apps: int | No
     t = p["batch_start"]
     gaps = (0.5, 0.5, 10.0) if size == "full" else (0.25, 0.25, 2.0)
     for j in range(int(p["batch_apps"])):
-        arrivals.append(Arrival(t, map_reduce_app(f"batch-{j}", seed, int(p["chunks"]), int(p["chunk_tokens"]),
-                                                  int(p["out"]), tenant="batch", criteria="throughput")))
+        app = map_reduce_app(f"batch-{j}", seed, int(p["chunks"]), int(p["chunk_tokens"]),
+                             int(p["out"]), tenant="batch", criteria="throughput")
+        arrivals.append(Arrival(t, app))
         t += gaps[j % len(gaps)]
     arrivals.sort(key=lambda a: a.at_s)
     return Workload(name, size, arrivals, {**p, "chats": chats, "chat_rate": chat_rate})

@@ -86,9 +86,11 @@ def run_client_side(c: PlainClient, task: str, files: int, rounds: int, tokens: 
         sources = each(lambda i: fill(PROGRAM, design=design, file=names[i]))
         for _ in range(rounds):
             listing = "\n".join(sources)
-            reviews = each(lambda i: fill(REVIEW, design=design, files=listing, file=names[i]))
+            reviews = each(
+                lambda i, listing=listing: fill(REVIEW, design=design, files=listing, file=names[i])
+            )
             sources = each(
-                lambda i: fill(
+                lambda i, listing=listing, reviews=reviews: fill(
                     REVISE, design=design, files=listing, review=reviews[i], file=names[i]
                 )
             )

@@ -25,7 +25,6 @@ from .policy import Job
 from .scheduler import Dispatcher, Outcome, Restart
 
 
-
 @dataclass
 class RequestContext:
     """Who asked, and what the analysis says about the request."""

@@ -24,8 +24,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from analysis.dag import CycleError, DuplicateProducer, Node, SessionGraph
-from analysis.placeholders import input_names, scan_messages, scan_prompt
-from analysis.placeholders import substitute_messages, substitute_prompt
+from analysis.placeholders import (
+    input_names,
+    scan_messages,
+    scan_prompt,
+    substitute_messages,
+    substitute_prompt,
+)
 from gateway.types import JSON, Route
 
 from .auth import Principal
@@ -41,8 +46,8 @@ from .errors import (
     ServiceUnavailable,
     UpstreamFailed,
 )
-from .metrics import Metrics
 from .ids import is_session_id, is_variable_name
+from .metrics import Metrics
 from .responses import CLIENT_CLOSED, finished_before_disconnect, primed, streaming
 from .settings import Settings
 from .store import RequestRecord, SessionStore, Variable

@@ -63,7 +63,8 @@ CASES: list[tuple[str, str, Any, dict[str, str], int, str | None]] = [
 def test_bad_input(stack: Stack, case: tuple[Any, ...]) -> None:
     _, path, body, headers, status, param = case
     if isinstance(body, bytes):
-        r = httpx.post(stack.url + path, content=body, headers={"content-type": "application/json", **headers})
+        r = httpx.post(stack.url + path, content=body,
+                       headers={"content-type": "application/json", **headers})
     else:
         r = httpx.post(stack.url + path, json=body, headers=headers)
     assert r.status_code == status, r.text

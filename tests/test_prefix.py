@@ -18,6 +18,7 @@ from analysis.prefix import (
     prefix_key,
 )
 
+
 def toks(n: int, seed: int) -> list[int]:
     r = random.Random(seed)
     return [r.randrange(128_000) for _ in range(n)]

@@ -35,7 +35,8 @@ def submit(c: openai.OpenAI, session: str, content: str, output: str | None = No
 def wait_var(url: str, session: str, name: str, wait: float = 30) -> dict[str, Any]:
     deadline = time.monotonic() + 60
     while True:
-        r = httpx.get(f"{url}/v1/sessions/{session}/variables/{name}", params={"wait": wait}, timeout=wait + 10)
+        r = httpx.get(f"{url}/v1/sessions/{session}/variables/{name}", params={"wait": wait},
+                      timeout=wait + 10)
         assert r.status_code == 200, r.text
         body = r.json()
         if body["status"] != "pending" or time.monotonic() > deadline:

@@ -13,9 +13,9 @@ import contextlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 

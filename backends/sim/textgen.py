@@ -64,7 +64,9 @@ def _vocab(tok: Tokenizer) -> tuple[tuple[int, ...], int, int]:
             words.append(ids[0])
     period = tok.encode(".")
     comma = tok.encode(",")
-    return tuple(words), period[0] if len(period) == 1 else words[0], comma[0] if len(comma) == 1 else words[1]
+    period_id = period[0] if len(period) == 1 else words[0]
+    comma_id = comma[0] if len(comma) == 1 else words[1]
+    return tuple(words), period_id, comma_id
 
 
 def _rng(prompt_ids: Sequence[int], seed: int) -> random.Random:

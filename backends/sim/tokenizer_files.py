@@ -124,7 +124,10 @@ def build_tokenizer():  # -> tokenizers.Tokenizer
     tk.decoder = decoders.ByteLevel()
     if special:
         tk.add_special_tokens(
-            [AddedToken(t, special=True, normalized=False) for t, _ in sorted(special.items(), key=lambda kv: kv[1])]
+            [
+                AddedToken(t, special=True, normalized=False)
+                for t, _ in sorted(special.items(), key=lambda kv: kv[1])
+            ]
         )
     return tk, special
 
