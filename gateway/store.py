@@ -352,6 +352,59 @@ class _KeyedLocks:
                 self._locks[key] = (lock, users - 1)
 
 
+_REGISTER = """
+local rid, out = ARGV[1], ARGV[3]
+if redis.call('HEXISTS', KEYS[3], rid) == 1 then return {'dup'} end
+local now = tonumber(ARGV[6])
+local inputs = {}
+for i = 1, tonumber(ARGV[8]) do inputs[i] = ARGV[8 + i] end
+local fresh, vars = 0, {}
+if out ~= '' then
+  local raw = redis.call('HGET', KEYS[2], out)
+  if raw then
+    local v = cjson.decode(raw)
+    if v.status ~= 'pending' then return {'status', v.status} end
+    if v.producer ~= nil and v.producer ~= cjson.null then return {'producer', v.producer} end
+    if #inputs > 0 and type(v.consumers) == 'table' and #v.consumers > 0 then return {'validate'} end
+    v.producer = rid
+    v.updated_at = now
+    vars[out] = v
+  else
+    fresh = fresh + 1
+    vars[out] = {status = 'pending', value = cjson.null, error = cjson.null, producer = rid,
+                 consumers = {}, updated_at = now}
+  end
+end
+for _, name in ipairs(inputs) do
+  local v = vars[name]
+  if v == nil then
+    local raw = redis.call('HGET', KEYS[2], name)
+    if raw then
+      v = cjson.decode(raw)
+      if type(v.consumers) ~= 'table' then v.consumers = {} end
+    else
+      fresh = fresh + 1
+      v = {status = 'pending', value = cjson.null, error = cjson.null, producer = cjson.null,
+           consumers = {}, updated_at = now}
+    end
+    vars[name] = v
+  end
+  local seen = false
+  for _, c in ipairs(v.consumers) do if c == rid then seen = true end end
+  if not seen then table.insert(v.consumers, rid) end
+end
+local count = redis.call('HLEN', KEYS[2])
+if fresh > 0 and count + fresh > tonumber(ARGV[5]) then return {'count', count, fresh} end
+redis.call('HSETNX', KEYS[1], 'created', ARGV[6])
+if ARGV[7] ~= '' then redis.call('HSETNX', KEYS[1], 'deadline', ARGV[7]) end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+for name, v in pairs(vars) do redis.call('HSET', KEYS[2], name, cjson.encode(v)) end
+redis.call('HSET', KEYS[3], rid, ARGV[2])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ARGV[4]) end
+return {'ok'}
+"""
+
+
 _SAVE_RECORD = """
 if redis.call('EXISTS', KEYS[1]) == 1 and redis.call('HEXISTS', KEYS[2], ARGV[1]) == 1 then
   redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
@@ -482,7 +535,38 @@ class SessionStore:
             plan.deadline = deadline
             return plan
 
-        await self._transact(rec.tenant, rec.session, decide)
+        if not await self._register_fast(rec, deadline):
+            await self._transact(rec.tenant, rec.session, decide)
+
+    async def _register_fast(self, rec: RequestRecord, deadline: float | None) -> bool:
+        """The common registration in one atomic script (one round trip, no WATCH, no
+        lock): the same checks and writes as ``plan_register``. Returns False when a
+        cycle is possible (the output already has consumers and the request has inputs):
+        then the transaction path reads the graph and validates."""
+        keys = self.keys(rec.tenant, rec.session)
+        inputs = list(dict.fromkeys(rec.inputs))
+        res = await self._redis.eval(
+            _REGISTER, 3, keys.meta, keys.vars, keys.reqs,
+            rec.id, rec.to_json(), rec.output or "", self.ttl_s, self.max_variables,
+            repr(self._clock()), "" if deadline is None else repr(deadline), len(inputs), *inputs,
+        )
+        kind = _str(res[0])
+        if kind == "ok":
+            return True
+        if kind == "validate":
+            return False
+        if kind == "dup":
+            raise Conflict(f"request {rec.id} is already registered")
+        if kind == "status":
+            raise Conflict(f"variable {rec.output!r} is already {_str(res[1])}", param=rec.output)
+        if kind == "producer":
+            raise Conflict(
+                f"variable {rec.output!r} is already produced by request {_str(res[1])}",
+                param=rec.output,
+            )
+        if kind == "count":
+            _check_count(int(res[1]), int(res[2]), self.max_variables)
+        raise ServiceUnavailable(f"unexpected registration answer {kind!r}")
 
     @_store_errors
     async def put_variable(

@@ -401,3 +401,30 @@ async def test_redis_restart() -> None:
             await asyncio.gather(*tasks, return_exceptions=True)
             await a.close()
             await b.close()
+
+
+async def test_one_round_trip_registration_writes_what_the_transaction_writes(
+    store: SessionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Lua fast path and the WATCH/MULTI path leave identical state behind."""
+    graph = [("r1", ["q"], "a"), ("r2", ["q", "a", "a"], "b"), ("r3", [], "q2"), ("r4", ["b"], None)]
+
+    async def register_all(session: str) -> tuple[dict[str, object], list[object]]:
+        for rid, inputs, output in graph:
+            r = rec(rid, inputs, output)
+            r.session = session
+            await store.register_request(r, deadline=99.5)
+        vs = {v.name: (v.status, v.producer, sorted(v.consumers), v.value)
+              for v in await store.list_variables(T, session)}
+        rs = [(r.id, r.inputs, r.output) for r in await store.list_requests(T, session)]
+        meta = await store.session_meta(T, session)
+        assert meta is not None and meta["deadline"] == 99.5
+        return vs, rs
+
+    fast = await register_all("fast")
+
+    async def no_fast_path(*_: object) -> bool:
+        return False
+
+    monkeypatch.setattr(store, "_register_fast", no_fast_path)
+    assert await register_all("slow") == fast
