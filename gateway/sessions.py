@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from analysis.dag import CycleError, DuplicateProducer, Node, SessionGraph
+from analysis.dag import CycleError, DuplicateProducer, Node, SessionGraph, estimate_cost
 from analysis.placeholders import (
     input_names,
     scan_messages,
@@ -31,6 +31,7 @@ from analysis.placeholders import (
     substitute_messages,
     substitute_prompt,
 )
+from analysis.prefix import block_hashes, prefix_groups
 from gateway.types import JSON, Route
 
 from .auth import Principal
@@ -364,8 +365,6 @@ class Sessions:
         ctx.request_id = rec.id
         tokens = prompt_tokens(route, engine_body)
         ctx.prompt_tokens = tokens
-        from analysis.prefix import block_hashes
-
         hashes = block_hashes(tokens, self.settings.prefix_block_tokens)[:PREFIX_HASH_BLOCKS]
         rec.status, rec.ready_at, rec.prompt_tokens = "queued", time.time(), len(tokens)
         rec.prefix_hashes = hashes
@@ -526,15 +525,14 @@ class Sessions:
         if not records and not await self.store.session_exists(tenant, session):
             raise NotFound(f"session '{session}' not found", code="session_not_found")
         graph = graph_of(records)
-        from analysis.dag import estimate_cost
-        from analysis.prefix import prefix_groups
-
         path, bound = graph.critical_path(estimate_cost) if records else ([], 0.0)
         objectives = graph.deduce_objectives() if records else {}
         groups = graph.task_groups() if records else {}
-        hashes = {r.id: list(getattr(r, "prefix_hashes", None) or []) for r in records}
+        # Stored block hashes stand in for tokens: groups share >= warmup_min_tokens.
         min_blocks = max(1, self.settings.warmup_min_tokens // self.settings.prefix_block_tokens)
-        pgroups = prefix_groups({k: v for k, v in hashes.items() if v}, min_tokens=min_blocks, block=1)
+        pgroups = prefix_groups(
+            {r.id: r.prefix_hashes for r in records if r.prefix_hashes}, min_tokens=min_blocks, block=1
+        )
         variables = await self.store.list_variables(tenant, session)
         return {
             "session": session,

@@ -187,3 +187,24 @@ def test_producer_failure_fails_transitive_consumers(redis_url: str) -> None:
     finally:
         gw.stop()
         sims.stop()
+
+
+def test_graph_reports_prefix_groups_and_critical_path(stack: Stack) -> None:
+    c = sdk(stack.url)
+    system = "You are the release-notes writer of a large project. " * 60  # ~600 tokens
+    h = {"X-Parrot-Session": "pg1", "X-Parrot-Async": "1"}
+    for i in range(3):
+        c.chat.completions.create(
+            model="", max_tokens=4, messages=[{"role": "system", "content": system},
+                                              {"role": "user", "content": f"note {i}"}],
+            extra_headers={**h, "X-Parrot-Output": f"n{i}"},
+        )
+    submit(c, "pg1", "Merge {{n0}} {{n1}} {{n2}}", output="all")
+    assert wait_var(stack.url, "pg1", "all")["status"] == "ready"
+    graph = httpx.get(f"{stack.url}/v1/sessions/pg1").json()
+    by_output = {r["output"]: r["id"] for r in graph["requests"]}
+    groups = graph["prefix_groups"]
+    assert len(groups) == 1
+    assert set(groups[0]["requests"]) == {by_output[f"n{i}"] for i in range(3)}
+    assert groups[0]["shared_tokens"] >= 512
+    assert graph["critical_path"][-1] == by_output["all"] and graph["critical_path_s"] > 0
