@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
+import sys
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -63,13 +67,55 @@ def markdown_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m benchmarks.report DIR...`: print each run's summary as a Markdown table."""
-    import json
-    import sys
-    from pathlib import Path
+def overhead_table(c1: dict[str, Any], c16: dict[str, Any]) -> str:
+    """Added latency and throughput per proxy at concurrency 1 and 16, as Markdown."""
+    labels = {"direct": "direct to the engine", "parrot-gateway": "parrot-gateway",
+              "sglang-router": "SGLang Model Gateway (smg)", "litellm": "LiteLLM proxy"}
+    procs = {"direct": "-", "parrot-gateway": "1 uvicorn worker + redis-server",
+             "sglang-router": "1 process, Rust, threads = cores", "litellm": "1 uvicorn worker"}
+    lines = ["| system | processes | c=1 p50 / p99 | c=1 added p50 | c=1 req/s "
+             "| c=16 p50 / p99 | c=16 added p50 | c=16 req/s |", "|---|---|---|---|---|---|---|---|"]
+    for name, label in labels.items():
+        a, b = c1["systems"].get(name), c16["systems"].get(name)
+        if a is None or b is None:
+            continue
+        lines.append(
+            f"| {label} | {procs[name]} | {a['p50_ms']:.2f} / {a['p99_ms']:.2f} "
+            f"| +{max(0.0, a['added_p50_ms']):.2f} | {a['rps']:.0f} | {b['p50_ms']:.1f} / "
+            f"{b['p99_ms']:.1f} | +{max(0.0, b['added_p50_ms']):.1f} | {b['rps']:.0f} |"
+        )
+    return "\n".join(lines)
 
-    for d in (argv if argv is not None else sys.argv[1:]):
+
+BLOCK = re.compile(r"(<!-- bench:([\w.-]+) -->\n).*?(<!-- /bench -->)", re.S)
+
+
+def fill_readme(text: str, results: Path) -> str:
+    """Replace each ``<!-- bench:RUN -->...<!-- /bench -->`` block with RUN's table
+    (``overhead``: the proxies table from ``overhead-c1`` and ``overhead``)."""
+
+    def table(m: re.Match[str]) -> str:
+        name = m.group(2)
+        if name == "overhead":
+            c1 = json.loads((results / "overhead-c1" / "overhead.json").read_text())
+            c16 = json.loads((results / "overhead" / "overhead.json").read_text())
+            body = overhead_table(c1, c16)
+        else:
+            body = markdown_table(json.loads((results / name / "summary.json").read_text()))
+        return f"{m.group(1)}{body}\n{m.group(3)}"
+
+    return BLOCK.sub(table, text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.report DIR...`: print each run's summary as a Markdown table;
+    `python -m benchmarks.report --readme README.md RESULTS_DIR`: refill the README's tables."""
+    args = list(argv if argv is not None else sys.argv[1:])
+    if args[:1] == ["--readme"]:
+        readme, results = Path(args[1]), Path(args[2])
+        readme.write_text(fill_readme(readme.read_text(), results))
+        return 0
+    for d in args:
         summary = json.loads((Path(d) / "summary.json").read_text())
         print(f"\n{d}: {summary.get('engine_label')}, client RTT {summary.get('client_rtt_ms', 0):g} ms\n")
         print(markdown_table(summary))

@@ -29,3 +29,13 @@ def test_readme_test_command_is_what_ci_runs() -> None:
     command = "python3 -m pip install -q -e '.[test]' && python3 -m pytest -q -m \"not slow\" --timeout 300"
     assert command in README.read_text()
     assert command in ci
+
+
+def test_readme_benchmark_tables_match_results() -> None:
+    """The README's benchmark tables are exactly what results/ holds (regenerate them with
+    `python -m benchmarks.report --readme README.md results`)."""
+    from benchmarks.report import BLOCK, fill_readme
+
+    text = README.read_text()
+    assert len(BLOCK.findall(text)) >= 3
+    assert fill_readme(text, README.parent / "results") == text
