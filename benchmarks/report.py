@@ -87,6 +87,21 @@ def overhead_table(c1: dict[str, Any], c16: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def policies_table(root: Path, policies: tuple[str, ...] = ("parrot", "round_robin", "least_loaded")) -> str:
+    """Mean app latency (cached-token ratio) per workload and system, one column per policy."""
+    runs = {p: json.loads((root / p / "summary.json").read_text()) for p in policies}
+    first = runs[policies[0]]["workloads"]
+    lines = ["| workload / system | " + " | ".join(policies) + " |", "|---" * (len(policies) + 1) + "|"]
+    for w, entry in first.items():
+        for system in entry["systems"]:
+            cells = []
+            for p in policies:
+                m = runs[p]["workloads"][w]["systems"][system]
+                cells.append(f"{m['e2e_mean_s']:.3f} ({_f(m.get('cached_token_ratio'), 2)})")
+            lines.append(f"| {w} / {system} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 BLOCK = re.compile(r"(<!-- bench:([\w.-]+) -->\n).*?(<!-- /bench -->)", re.S)
 
 
@@ -96,7 +111,9 @@ def fill_readme(text: str, results: Path) -> str:
 
     def table(m: re.Match[str]) -> str:
         name = m.group(2)
-        if name == "overhead":
+        if name == "policies":
+            body = policies_table(results / "policies")
+        elif name == "overhead":
             c1 = json.loads((results / "overhead-c1" / "overhead.json").read_text())
             c16 = json.loads((results / "overhead" / "overhead.json").read_text())
             body = overhead_table(c1, c16)
