@@ -153,3 +153,22 @@ def test_health_and_ready(stack: Stack) -> None:
     assert httpx.get(stack.url + "/health").json() == {"status": "ok"}
     r = httpx.get(stack.url + "/ready")
     assert r.status_code == 200 and r.json()["ready"] is True
+
+
+def test_non_streaming_engine_calls_when_configured(redis_url: str) -> None:
+    """engine_streaming=false sends non-streaming requests to engines as they came."""
+    from gateway.testing import start_engine, start_gateway
+
+    engine = start_engine()
+    gw = start_gateway(redis_url, [engine.url], engine_streaming=False)
+    try:
+        c = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+        r = c.chat.completions.create(model="", messages=[{"role": "user", "content": "hi"}],
+                                      max_tokens=7)
+        assert r.choices[0].message.content and r.usage is not None
+        assert r.usage.completion_tokens == 7
+        text = httpx.get(gw.url + "/metrics").text
+        assert 'parrot_tokens_total{kind="completion"} 7.0' in text
+    finally:
+        gw.stop()
+        engine.stop()
