@@ -101,10 +101,7 @@ class Scheduler:
         self, engine: str, capacity: int, kv_capacity_tokens: int | None, now: float
     ) -> None:
         """Add (or resize) an engine. ``capacity``: requests it may run at once."""
-        cap = capacity
-        if self.config.max_inflight_per_engine is not None:
-            cap = min(cap, self.config.max_inflight_per_engine)
-        self._engines.add(engine, cap, kv_capacity_tokens)
+        self._engines.add(engine, self.config.engine_capacity(capacity), kv_capacity_tokens)
         if self._index.blocks(engine) == 0:
             self._index.add_engine(
                 engine, kv_capacity_tokens or self.config.default_kv_capacity_tokens

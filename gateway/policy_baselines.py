@@ -32,10 +32,7 @@ class _FifoPolicy:
     def add_engine(
         self, engine: str, capacity: int, kv_capacity_tokens: int | None, now: float
     ) -> None:
-        cap = capacity
-        if self.config.max_inflight_per_engine is not None:
-            cap = min(cap, self.config.max_inflight_per_engine)
-        self._engines.add(engine, cap, kv_capacity_tokens)
+        self._engines.add(engine, self.config.engine_capacity(capacity), kv_capacity_tokens)
 
     def remove_engine(self, engine: str, now: float) -> list[str]:
         e = self._engines.remove(engine)

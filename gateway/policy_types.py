@@ -89,6 +89,11 @@ class SchedulerConfig:
     cost_prefill_token: float = 0.0056  # c_p: steps per uncached prompt token
     cost_batch_slowdown: float = 0.03  # alpha: relative step slowdown per co-running request
 
+    def engine_capacity(self, advertised: int) -> int:
+        """An engine's in-flight limit: what it advertises, capped by the config."""
+        cap = self.max_inflight_per_engine
+        return advertised if cap is None else min(advertised, cap)
+
     @classmethod
     def from_settings(cls, settings: Any, **overrides: Any) -> SchedulerConfig:
         """Build from a ``gateway.settings.Settings`` (attribute reads only)."""
