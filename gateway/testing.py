@@ -4,13 +4,19 @@ real uvicorn server on loopback (own thread, own event loop), over a given Redis
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
 
+from .redis_server import free_port
 from .serving import UvicornThread
 from .settings import Settings
 
@@ -93,3 +99,25 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes] | None = None, timeout: f
             pass
         time.sleep(0.2)
     raise AssertionError(f"{url} did not become ready in {timeout:.0f} s")
+
+
+@contextmanager
+def serve_process(
+    log_path: Path, env: dict[str, str] | None = None
+) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`parrot-gateway serve` as a child process (embedded defaults) on a free port, its
+    output in ``log_path``; yields (url, process) once ready, kills it if still running."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+        )
+        try:
+            wait_ready(url, proc)
+            yield url, proc
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

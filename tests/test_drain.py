@@ -5,18 +5,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from gateway.redis_server import free_port
-from gateway.testing import wait_ready
+from gateway.testing import serve_process
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -43,14 +39,8 @@ def _stream(url: str) -> tuple[int, str]:
 
 
 def test_sigterm_drains_then_exits_0(tmp_path: Path) -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PARROT_SIM_TIME_SCALE": "1.0", "PARROT_DRAIN_TIMEOUT_S": "30"}
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "serve", "--port", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_ready(url, proc)
+    env = {"PARROT_SIM_TIME_SCALE": "1.0", "PARROT_DRAIN_TIMEOUT_S": "30"}
+    with serve_process(tmp_path / "serve.log", env) as (url, proc):
         # a semantic request submitted async, and a client long-polling its output
         r = httpx.post(url + CHAT, headers={"X-Parrot-Session": "d", "X-Parrot-Async": "1",
                                             "X-Parrot-Output": "out"},
@@ -77,11 +67,6 @@ def test_sigterm_drains_then_exits_0(tmp_path: Path) -> None:
         assert proc.wait(timeout=40) == 0
         print(f"\ndrain: {len(results) + 2} in-flight requests finished, exit 0 after "
               f"{time.monotonic() - t_term:.1f}s")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
     text = (tmp_path / "serve.log").read_text()
     assert "draining" in text
     assert "drain 3" not in text and "drain stream" not in text  # no prompt text in logs

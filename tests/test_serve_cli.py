@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 
 import openai
 import pytest
 
-from gateway.redis_server import free_port
-from gateway.testing import wait_ready
+from gateway.testing import serve_process
 
 pytestmark = pytest.mark.timeout(120)
 
 
 def test_serve_embedded_defaults_and_sigterm(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    port = free_port()
-    exe = [sys.executable, "-m", "gateway.cli"]
-    env = {**os.environ, "PARROT_SIM_TIME_SCALE": "0.05"}
-    log = open(tmp_path / "serve.log", "wb")
-    proc = subprocess.Popen([*exe, "serve", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc)
+    with serve_process(tmp_path / "serve.log", {"PARROT_SIM_TIME_SCALE": "0.05"}) as (url, proc):
         client = openai.OpenAI(base_url=url + "/v1", api_key="x", max_retries=0)
         model = client.models.list().data[0].id
         r = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
@@ -33,11 +22,6 @@ def test_serve_embedded_defaults_and_sigterm(tmp_path) -> None:  # type: ignore[
         assert r.choices[0].message.content
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        log.close()
     text = (tmp_path / "serve.log").read_text()
     assert "SIMULATED ENGINES" in text
     assert "EMBEDDED REDIS" in text
