@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
-from gateway.errors import Conflict, DependencyCycle
-from gateway.types import Criteria
+from common.errors import Conflict, DependencyCycle
+from common.types import Criteria
 
 __all__ = [
     "CostModel",
@@ -82,18 +81,6 @@ class Node:
         self.inputs = tuple(dict.fromkeys(self.inputs))  # dedupe, keep order
         if self.criteria not in ("latency", "throughput"):
             raise ValueError(f"criteria must be 'latency' or 'throughput', not {self.criteria!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["inputs"] = list(self.inputs)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Node:
-        known = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in known}
-        kw["inputs"] = tuple(kw.get("inputs", ()))
-        return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -174,10 +161,6 @@ class SessionGraph:
                 seen.setdefault(n.output)
         return list(seen)
 
-    def external_inputs(self) -> list[str]:
-        """Variables consumed but produced by no node (must be PUT by the client)."""
-        return [v for v in self._consumers if v not in self._producer]
-
     def edges(self) -> list[Edge]:
         """Producer -> consumer edges, ordered by consumer insertion then input order."""
         return [
@@ -198,10 +181,6 @@ class SessionGraph:
     def ancestors(self, node_id: str) -> list[str]:
         """Every node ``node_id`` transitively depends on (BFS order)."""
         return self._reach(node_id, self.parents)
-
-    def descendants(self, node_id: str) -> list[str]:
-        """Every node that transitively depends on ``node_id`` (e.g. to fail on upstream error)."""
-        return self._reach(node_id, self.children)
 
     def _reach(self, start: str, step: Callable[[str], list[str]]) -> list[str]:
         seen = {start}
@@ -287,19 +266,6 @@ class SessionGraph:
             self._producer[node.output] = node.id
         for v in node.inputs:
             self._consumers.setdefault(v, []).append(node.id)
-
-    def remove(self, node_id: str) -> Node:
-        """Drop a node (e.g. a cancelled request); its consumers keep their inputs."""
-        node = self._nodes.pop(node_id)
-        if node.output is not None and self._producer.get(node.output) == node_id:
-            del self._producer[node.output]
-        for v in node.inputs:
-            lst = self._consumers.get(v)
-            if lst is not None:
-                lst.remove(node_id)
-                if not lst:
-                    del self._consumers[v]
-        return node
 
     # -- analyses ------------------------------------------------------------
 
@@ -414,32 +380,3 @@ class SessionGraph:
             for m in free:
                 groups[m] = gid
         return groups
-
-    def ready_nodes(self, ready_vars: Iterable[str]) -> list[str]:
-        """Waiting nodes whose inputs are all ready, in insertion order.
-
-        Siblings of a map stage usually become ready together; the scheduler
-        dispatches the returned ids of one :meth:`task_groups` group as a unit.
-        """
-        ready = set(ready_vars)
-        return [
-            nid
-            for nid, n in self._nodes.items()
-            if n.status == "waiting" and all(v in ready for v in n.inputs)
-        ]
-
-    # -- serialisation -------------------------------------------------------
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form; ``edges`` is derived and ignored by :meth:`from_dict`."""
-        return {
-            "nodes": [n.to_dict() for n in self._nodes.values()],
-            "edges": [asdict(e) for e in self.edges()],
-        }
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> SessionGraph:
-        g = cls()
-        for nd in d.get("nodes", ()):
-            g.add(Node.from_dict(nd))
-        return g

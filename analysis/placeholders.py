@@ -33,7 +33,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.errors import BadRequest
+from common.errors import BadRequest
 
 __all__ = [
     "MAX_NAME_LEN",

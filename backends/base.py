@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.types import JSON, Route
+from common.types import JSON, Route
 
 
 class EngineFailure(Exception):

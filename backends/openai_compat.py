@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from gateway.types import JSON
+from common.types import JSON
 
 from .base import (
     Engine,

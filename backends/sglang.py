@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.types import JSON
+from common.types import JSON
 
 from .base import EngineCall, EngineFailure, EngineInfo, EngineLoad
 from .openai_compat import OpenAIEngine

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from gateway.redis_server import free_port
+from common.serving import free_port
 
 from .metrics import percentile
 from .services import Services, _wait_http

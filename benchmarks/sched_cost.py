@@ -17,6 +17,7 @@ import random
 import time
 from collections import deque
 
+from analysis.prefix import block_hashes
 from gateway.policy import Dispatch, Job, SchedulerConfig, make_scheduler
 
 PROMPT = 1024
@@ -43,7 +44,8 @@ def make_jobs(n: int, seed: int = 0) -> list[Job]:
             Job(
                 id=f"j{i}",
                 tenant=f"t{i % 4}",
-                prompt_tokens=tuple(tokens),
+                prompt_tokens=len(tokens),
+                prefix_hashes=tuple(block_hashes(tokens, 32)),
                 max_tokens=rng.choice([50, 200, 500]),
                 latency_critical=rng.random() >= 0.3,
                 group=g,

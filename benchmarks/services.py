@@ -18,7 +18,8 @@ from typing import IO, Any
 
 import httpx
 
-from gateway.redis_server import RedisServer, free_port
+from common.serving import free_port
+from gateway.redis_server import RedisServer
 
 
 class ServiceError(RuntimeError):

@@ -54,6 +54,8 @@ def _translated() -> Iterator[None]:
 class _Base:
     """State and pure helpers shared by :class:`Session` and :class:`AsyncSession`."""
 
+    is_async = False
+
     def __init__(
         self,
         session_id: str | None,
@@ -256,6 +258,8 @@ class AsyncSession(_Base):
     ``async with AsyncSession(...) as s`` makes it current; calling a
     semantic function then returns an awaitable of its :class:`Variable`.
     """
+
+    is_async = True
 
     def __init__(
         self,

@@ -8,15 +8,23 @@ settled value is cached on the handle.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._errors import ParrotError, VariableFailed, variable_failed
 from ._protocol import VariableState
 
-if TYPE_CHECKING:
-    from ._session import AsyncSession, Session
-
 __all__ = ["Variable"]
+
+
+class Owner(Protocol):
+    """What a Variable needs of its session (Session or AsyncSession): its id, whether
+    its methods are coroutines, and ``get``/``state`` by variable name."""
+
+    id: str
+    is_async: bool
+
+    def get(self, name: str, wait: float | None = None, *, timeout: float | None = None) -> Any: ...
+    def state(self, name: str, wait: float = 0.0) -> Any: ...
 
 
 class Variable:
@@ -24,7 +32,7 @@ class Variable:
 
     __slots__ = ("name", "session", "_state")
 
-    def __init__(self, name: str, session: Session | AsyncSession) -> None:
+    def __init__(self, name: str, session: Owner) -> None:
         self.name = name
         self.session = session
         self._state: VariableState | None = None
@@ -35,9 +43,7 @@ class Variable:
         return "{{" + self.name + "}}"
 
     def _is_async(self) -> bool:
-        from ._session import AsyncSession
-
-        return isinstance(self.session, AsyncSession)
+        return self.session.is_async
 
     def _settled(self) -> str:
         assert self._state is not None

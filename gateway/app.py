@@ -1,4 +1,4 @@
-"""The app factory: wires the gateway's collaborators in one place.
+"""The app factory: routes, middleware and lifespan around a built ``Gateway`` (wiring.py).
 
     request → middleware (request id, metrics) → routes (openai_routes,
     session_routes, health) → sessions (semantic variables) / completions →
@@ -13,9 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -25,107 +23,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.base import Engine
-from backends.sglang import make_engine
+from common.errors import ParrotError
 
 from . import logs, openai_routes, session_routes
-from .auth import Authenticator, Principal
-from .completion import Completions
-from .engines import EnginePool
-from .errors import ParrotError
-from .limits import RateLimiter
 from .metrics import Metrics
-from .notifier import Notifier
-from .policy import SchedulerConfig, make_scheduler
-from .scheduler import Dispatcher
-from .sessions import Sessions
 from .settings import Settings
-from .store import SessionStore
+from .wiring import Gateway, build_gateway
 
 log = logging.getLogger("parrot.gateway")
 
 REQUEST_ID = "x-request-id"
-
-
-@dataclass
-class Gateway:
-    settings: Settings
-    pool: EnginePool
-    dispatcher: Dispatcher
-    completions: Completions
-    redis: aioredis.Redis
-    store: SessionStore
-    notifier: Notifier
-    sessions: Sessions
-    auth: Authenticator
-    limits: RateLimiter
-    metrics: Metrics
-    draining: bool = False
-
-    def principal(self, request: Request) -> Principal:
-        principal = self.auth.authenticate(request.headers.get("authorization"))
-        request.state.tenant = principal.tenant
-        return principal
-
-
-def build_gateway(
-    settings: Settings, *, engines: list[Engine] | None = None, redis_url: str | None = None
-) -> Gateway:
-    if engines is None:
-        engines = [
-            make_engine(
-                url,
-                settings.backend_kind,
-                connect_timeout=settings.engine_connect_timeout_s,
-                timeout=settings.engine_timeout_s,
-            )
-            for url in settings.backend
-        ]
-    metrics = Metrics()
-    pool = EnginePool(
-        engines,
-        health_interval_s=settings.health_interval_s,
-        breaker_failures=settings.breaker_failures,
-        breaker_reset_s=settings.breaker_reset_s,
-        max_inflight_per_engine=settings.max_inflight_per_engine,
-    )
-    policy = make_scheduler(settings.scheduler_policy, SchedulerConfig.from_settings(settings))
-    dispatcher = Dispatcher(policy, pool, metrics, retry_budget=settings.retry_budget)
-    completions = Completions(
-        pool, dispatcher, metrics, stream_internally=settings.engine_streaming
-    )
-    url = redis_url or settings.redis
-    if not url:
-        raise ValueError("a Redis URL is required (the CLI starts an embedded one)")
-    # A blocking pool: past max_connections a command waits (up to 5 s) for a free
-    # connection instead of failing at once with "Too many connections" (the default
-    # pool's cap is 100, which 500 concurrent sessions exceeded).
-    redis_pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=256, timeout=5, socket_timeout=5, socket_connect_timeout=2,
-        decode_responses=False,
-    )
-    redis = aioredis.Redis.from_pool(redis_pool)
-    store = SessionStore(
-        redis,
-        ttl_s=settings.session_ttl_s,
-        max_value_bytes=settings.max_value_bytes,
-        max_variables=settings.max_variables_per_session,
-    )
-    notifier = Notifier(redis)
-    store.attach_notifier(notifier)
-    sessions = Sessions(settings, store, completions, metrics)
-    return Gateway(
-        settings=settings,
-        pool=pool,
-        dispatcher=dispatcher,
-        completions=completions,
-        redis=redis,
-        store=store,
-        notifier=notifier,
-        sessions=sessions,
-        auth=Authenticator.from_file(settings.api_keys),
-        limits=RateLimiter(redis),
-        metrics=metrics,
-    )
 
 
 def error_response(exc: ParrotError, request_id: str | None = None) -> JSONResponse:
@@ -279,6 +186,6 @@ def create_app(
     return app
 
 
-__all__ = ["Gateway", "build_gateway", "create_app"]
+__all__ = ["create_app"]
 
 

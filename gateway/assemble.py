@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.types import JSON, Route
+from common.types import JSON, Route
 
 _TOP_SKIP = {"choices", "usage", "object"}
 

@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from .errors import PermissionDenied, Unauthorized
+from common.errors import PermissionDenied, Unauthorized
 
 DEFAULT_TENANT = "default"
 

@@ -13,16 +13,25 @@ from dataclasses import dataclass
 from typing import Any
 
 from analysis.chat_template import render_chat
+from analysis.prefix import block_hashes
 from analysis.tokenizer import get_tokenizer
 from backends.base import EngineCall, Usage
-from gateway.types import JSON, Route
+from common.errors import NotFound
+from common.types import JSON, Route
 
 from .assemble import Assembler
+from .dispatcher import Dispatcher, Outcome, Restart
 from .engines import EnginePool
-from .errors import NotFound
 from .metrics import Metrics
 from .policy import Job
-from .scheduler import Dispatcher, Outcome, Restart
+
+
+@dataclass(frozen=True)
+class PromptShape:
+    """What the policy needs of a prompt: its length and its chained block hashes."""
+
+    tokens: int
+    hashes: tuple[int, ...]
 
 
 @dataclass
@@ -35,7 +44,7 @@ class RequestContext:
     latency_critical: bool = True
     group: str | None = None
     weight: float = 1.0
-    prompt_tokens: list[int] | None = None  # already tokenized (semantic requests)
+    prompt: PromptShape | None = None  # already measured (semantic requests)
     app_started: float | None = None  # wall time its application (session) started
 
 
@@ -60,6 +69,11 @@ def prompt_tokens(route: Route, body: JSON) -> list[int]:
     return get_tokenizer().encode(prompt_text(route, body))
 
 
+def prompt_shape(route: Route, body: JSON, block_tokens: int) -> PromptShape:
+    tokens = prompt_tokens(route, body)
+    return PromptShape(len(tokens), tuple(block_hashes(tokens, block_tokens)))
+
+
 MAX_TOKENS_ESTIMATE = 32768  # cap of the scheduling estimate; the engine enforces its context
 
 
@@ -74,9 +88,16 @@ def max_tokens_of(body: JSON) -> int:
 
 class Completions:
     def __init__(
-        self, pool: EnginePool, dispatcher: Dispatcher, metrics: Metrics, *, stream_internally: bool = True
+        self,
+        pool: EnginePool,
+        dispatcher: Dispatcher,
+        metrics: Metrics,
+        *,
+        stream_internally: bool = True,
+        block_tokens: int = 32,
     ) -> None:
         self.pool = pool
+        self.block_tokens = block_tokens
         self.dispatcher = dispatcher
         self.metrics = metrics
         # Stream from engines even for non-streaming clients: the first chunk marks the
@@ -100,11 +121,12 @@ class Completions:
         return frozenset(s.id for s in self.pool.states.values() if s.models and model not in s.models)
 
     def job(self, route: Route, body: JSON, ctx: RequestContext, avoid: frozenset[str]) -> Job:
+        shape = ctx.prompt or prompt_shape(route, body, self.block_tokens)
         return Job(
             id=f"{ctx.request_id}:{uuid.uuid4().hex[:8]}",
             tenant=ctx.tenant,
-            prompt_tokens=ctx.prompt_tokens if ctx.prompt_tokens is not None
-            else prompt_tokens(route, body),
+            prompt_tokens=shape.tokens,
+            prefix_hashes=shape.hashes,
             max_tokens=max_tokens_of(body),
             latency_critical=ctx.latency_critical,
             group=ctx.group,

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from .redis_server import RedisServer, free_port
+from common.serving import free_port
+
+from .redis_server import RedisServer
 from .settings import Settings
 
 log = logging.getLogger("parrot.embedded")

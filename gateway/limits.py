@@ -22,10 +22,10 @@ from urllib.parse import quote
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from gateway.types import JSON
+from common.errors import RateLimited, ServiceUnavailable
+from common.types import JSON
 
 from .auth import Principal
-from .errors import RateLimited, ServiceUnavailable
 
 log = logging.getLogger("parrot.limits")
 
@@ -162,5 +162,3 @@ def requested_tokens(body: JSON) -> int:
     per_choice = mt if isinstance(mt, int) and not isinstance(mt, bool) else 256
     return chars // 4 + per_choice * (n if isinstance(n, int) and 0 < n <= 128 else 1)
 
-
-_requested_tokens = requested_tokens  # old private name

@@ -8,16 +8,17 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from gateway.types import JSON, Route
+from common.errors import NotFound
+from common.ids import is_session_id
+from common.serving import finished_before_disconnect
+from common.types import JSON, Route
 
 from .completion import RequestContext
-from .errors import NotFound
-from .ids import is_session_id
-from .responses import CLIENT_CLOSED, finished_before_disconnect, primed, streaming
+from .responses import CLIENT_CLOSED, primed, streaming
 from .validation import ChatBody, CompletionBody, parse_json, validate
 
 if TYPE_CHECKING:
-    from .app import Gateway
+    from .wiring import Gateway
 
 
 

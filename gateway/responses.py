@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
-from gateway.types import JSON
-
-from .errors import ParrotError
+from common.errors import ParrotError
+from common.types import JSON
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_DONE = b"data: [DONE]\n\n"
@@ -55,23 +52,3 @@ async def _no_chunks() -> AsyncIterator[Any]:
 
 def streaming(chunks: AsyncIterator[JSON]) -> StreamingResponse:
     return StreamingResponse(sse_stream(chunks), media_type="text/event-stream", headers=SSE_HEADERS)
-
-
-async def finished_before_disconnect(request: Request, task: asyncio.Future[Any]) -> bool:
-    """Wait for ``task`` or the client's disconnect, whichever comes first.
-
-    Starlette does not cancel a handler whose client went away, so a
-    non-streaming call would keep its engine busy for nothing; the caller
-    decides what to cancel (a semantic request may still be needed).
-    """
-
-    async def disconnected() -> None:
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-
-    watcher = asyncio.ensure_future(disconnected())
-    try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        watcher.cancel()
-    return task.done()

@@ -10,12 +10,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .errors import BadRequest, NotFound
-from .ids import is_session_id, is_variable_name
+from common.errors import BadRequest, NotFound
+from common.ids import is_session_id, is_variable_name
+
 from .validation import parse_json
 
 if TYPE_CHECKING:
-    from .app import Gateway
+    from .wiring import Gateway
 
 
 class PutVariable(BaseModel):

@@ -31,12 +31,8 @@ from analysis.placeholders import (
     substitute_messages,
     substitute_prompt,
 )
-from analysis.prefix import block_hashes, prefix_groups
-from gateway.types import JSON, Route
-
-from .auth import Principal
-from .completion import Completions, RequestContext, prompt_tokens
-from .errors import (
+from analysis.prefix import prefix_groups
+from common.errors import (
     BadRequest,
     Conflict,
     DependencyCycle,
@@ -47,9 +43,14 @@ from .errors import (
     ServiceUnavailable,
     UpstreamFailed,
 )
-from .ids import is_session_id, is_variable_name
+from common.ids import is_session_id, is_variable_name
+from common.serving import finished_before_disconnect
+from common.types import JSON, Route
+
+from .auth import Principal
+from .completion import Completions, RequestContext, prompt_shape
 from .metrics import Metrics
-from .responses import CLIENT_CLOSED, finished_before_disconnect, primed, streaming
+from .responses import CLIENT_CLOSED, primed, streaming
 from .settings import Settings
 from .store import RequestRecord, SessionStore, Variable
 
@@ -363,11 +364,10 @@ class Sessions:
         engine_body = self._substituted(route, body, values)
         ctx.latency_critical, ctx.group = await self._analyse(rec)
         ctx.request_id = rec.id
-        tokens = prompt_tokens(route, engine_body)
-        ctx.prompt_tokens = tokens
-        hashes = block_hashes(tokens, self.settings.prefix_block_tokens)[:PREFIX_HASH_BLOCKS]
-        rec.status, rec.ready_at, rec.prompt_tokens = "queued", time.time(), len(tokens)
-        rec.prefix_hashes = hashes
+        shape = prompt_shape(route, engine_body, self.settings.prefix_block_tokens)
+        ctx.prompt = shape
+        rec.status, rec.ready_at, rec.prompt_tokens = "queued", time.time(), shape.tokens
+        rec.prefix_hashes = list(shape.hashes[:PREFIX_HASH_BLOCKS])
         rec.criteria_effective = "latency" if ctx.latency_critical else "throughput"
         rec.group = ctx.group
         await self.store.save_request(rec)

@@ -37,10 +37,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
-from gateway.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
-from gateway.ids import is_session_id
+from common.errors import BadRequest, Conflict, NotFound, PayloadTooLarge, ServiceUnavailable
+from common.ids import is_session_id
+from common.types import JSON, VarStatus
 from gateway.notifier import Event, EventKind, Notifier, channel_name
-from gateway.types import JSON, VarStatus
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis

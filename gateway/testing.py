@@ -16,8 +16,8 @@ from typing import Any
 
 import httpx
 
-from .redis_server import free_port
-from .serving import UvicornThread
+from common.serving import UvicornThread, free_port
+
 from .settings import Settings
 
 

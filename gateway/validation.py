@@ -12,7 +12,7 @@ from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 
-from .errors import BadRequest, PayloadTooLarge
+from common.errors import BadRequest, PayloadTooLarge
 
 Role = Literal["system", "user", "assistant", "tool", "developer", "function"]
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from gateway.fair_queue import LATENCY, FairQueue
+from gateway.policy.fair_queue import LATENCY, FairQueue
 
 
 def drain(q: FairQueue, n: int, now: float = 0.0) -> list[str]:

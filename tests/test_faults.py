@@ -13,9 +13,9 @@ from typing import Any
 import httpx
 import pytest
 
+from common.serving import UvicornThread
 from gateway.embedded import start_sim_engines
 from gateway.redis_server import RedisServer
-from gateway.serving import UvicornThread
 from gateway.testing import start_engine, start_gateway
 
 pytestmark = pytest.mark.timeout(180)

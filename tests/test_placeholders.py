@@ -20,7 +20,7 @@ from analysis.placeholders import (
     substitute_messages,
     substitute_prompt,
 )
-from gateway.errors import BadRequest
+from common.errors import BadRequest
 
 names = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,63}", fullmatch=True)
 # Text biased towards the characters the grammar cares about.

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from analysis.prefix import block_hashes
 from gateway.policy import (
     Dispatch,
     Job,
@@ -16,7 +17,6 @@ from gateway.policy import (
     SchedulerConfig,
     make_scheduler,
 )
-from gateway.prefix_index import block_hashes
 
 BLOCK = 32
 
@@ -31,7 +31,8 @@ def prompt(prefix_id: int, prefix_len: int, suffix_id: int, suffix_len: int = 64
 def job(jid: str, tenant: str = "t", p: list[int] | None = None, **kw: object) -> Job:
     args: dict = dict(max_tokens=50, latency_critical=True)
     args.update(kw)
-    return Job(jid, tenant, p if p is not None else prompt(hash(jid) % 997, 64, 0), **args)
+    tokens = p if p is not None else prompt(hash(jid) % 997, 64, 0)
+    return Job(jid, tenant, len(tokens), prefix_hashes=tuple(block_hashes(tokens, BLOCK)), **args)
 
 
 def sched(engines: int = 2, capacity: int = 8, **cfg: object) -> Scheduler:
@@ -407,18 +408,17 @@ def _simulate(policy_name: str, n_jobs: int = 32, engines: int = 4, prefix: int 
     for i in range(engines):
         s.add_engine(f"e{i}", 4, None, 0.0)
     cache: dict[str, set[int]] = {f"e{i}": set() for i in range(engines)}
-    jobs = {}
+    tokens = {}
     for i in range(n_jobs):
-        j = job(f"q{i}", p=prompt(42, prefix, i))
-        jobs[j.id] = j
-        s.submit(j, 0.0)
+        tokens[f"q{i}"] = prompt(42, prefix, i)
+        s.submit(job(f"q{i}", p=tokens[f"q{i}"]), 0.0)
     events: list[tuple[float, str, str]] = []
     computed = 0
     now = 0.0
     while True:
         for d in s.schedule(now):
             assert isinstance(d, Dispatch)
-            hashes = block_hashes(jobs[d.job_id].prompt_tokens[:prefix], BLOCK)
+            hashes = block_hashes(tokens[d.job_id][:prefix], BLOCK)
             have = cache[d.engine]
             hit = 0
             while hit < len(hashes) and hashes[hit] in have:
@@ -439,7 +439,7 @@ def _simulate(policy_name: str, n_jobs: int = 32, engines: int = 4, prefix: int 
                 s.on_finish(arg, now, cached_tokens=None)
             else:
                 eng, jid = arg.split("|")
-                cache[eng].update(block_hashes(jobs[jid].prompt_tokens[:prefix], BLOCK))
+                cache[eng].update(block_hashes(tokens[jid][:prefix], BLOCK))
     return computed
 
 
@@ -473,16 +473,16 @@ def test_older_applications_get_higher_priority_within_a_class() -> None:
     applications that started later, so the engine's queue runs it first."""
     s = Scheduler(SchedulerConfig())
     s.add_engine("e0", 64, None, 0.0)
-    s.submit(Job("new-map", "t", [1, 2, 3], 8, True, app_started=9.75), 10.0)
-    s.submit(Job("old-reduce", "t", [4, 5, 6], 8, True, app_started=2.0), 10.0)
-    s.submit(Job("plain", "t", [7, 8, 9], 8, True), 10.0)
+    s.submit(Job("new-map", "t", 3, 8, True, app_started=9.75), 10.0)
+    s.submit(Job("old-reduce", "t", 3, 8, True, app_started=2.0), 10.0)
+    s.submit(Job("plain", "t", 3, 8, True), 10.0)
     prio = {d.job_id: d.priority for d in s.schedule(10.0) if isinstance(d, Dispatch)}
     cfg = SchedulerConfig()
     assert prio["old-reduce"] == cfg.priority_latency + 80  # 8 s x 10 per s
     assert prio["new-map"] == cfg.priority_latency + 2
     assert prio["plain"] == cfg.priority_latency
-    s.submit(Job("ancient", "t", [1], 8, True, app_started=-1e6), 10.0)
-    s.submit(Job("bulk", "t", [2], 8, False, app_started=-1e6), 10.0)
+    s.submit(Job("ancient", "t", 1, 8, True, app_started=-1e6), 10.0)
+    s.submit(Job("bulk", "t", 1, 8, False, app_started=-1e6), 10.0)
     prio = {d.job_id: d.priority for d in s.schedule(10.0) if isinstance(d, Dispatch)}
     assert prio["ancient"] == cfg.priority_latency + cfg.age_priority_cap
     assert prio["bulk"] < cfg.priority_aged <= cfg.priority_latency  # classes never overlap

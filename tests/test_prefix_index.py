@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from gateway.prefix_index import PrefixIndex, block_hashes
+from analysis.prefix import block_hashes
+from gateway.policy.prefix_index import PrefixIndex
 
 B = 4
 

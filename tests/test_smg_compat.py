@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from backends.sim.server import SimConfig, SimThread, start_sim_thread
-from gateway.redis_server import free_port
+from common.serving import free_port
 
 SMG = shutil.which("smg")
 pytestmark = pytest.mark.skipif(SMG is None, reason="smg (sglang-router) is not installed")

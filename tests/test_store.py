@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.errors import (
+from common.errors import (
     BadRequest,
     Conflict,
     DependencyCycle,

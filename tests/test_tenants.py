@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from common.errors import PermissionDenied, Unauthorized
 from gateway.auth import Authenticator
-from gateway.errors import PermissionDenied, Unauthorized
 from gateway.testing import Stack, start_stack
 
 pytestmark = pytest.mark.timeout(120)

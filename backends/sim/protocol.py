@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from analysis.chat_template import render_chat
-from gateway.errors import BadRequest
+from common.errors import BadRequest
 
 from .textgen import Generation
 

@@ -26,9 +26,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import Route
 
 from analysis.tokenizer import Tokenizer, get_tokenizer
-from gateway.errors import BadRequest, ParrotError
-from gateway.responses import finished_before_disconnect
-from gateway.serving import UvicornThread
+from common.errors import BadRequest, ParrotError
+from common.serving import UvicornThread, finished_before_disconnect
 
 from . import protocol as P
 from .engine import Engine, EngineConfig, EngineRequest, Event

@@ -1,15 +1,23 @@
-"""Run an ASGI app under uvicorn in a background thread (tests, in-process engines)."""
+"""Loopback serving helpers shared by the gateway and the simulated engine: a free
+port, an ASGI app under uvicorn in a background thread (tests, in-process engines),
+and the client-disconnect watch that non-streaming handlers need."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from typing import Any
 
 import uvicorn
+from starlette.requests import Request
 
-from .redis_server import free_port
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
 class UvicornThread:
@@ -56,3 +64,23 @@ class UvicornThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+async def finished_before_disconnect(request: Request, task: asyncio.Future[Any]) -> bool:
+    """Wait for ``task`` or the client's disconnect, whichever comes first.
+
+    Starlette does not cancel a handler whose client went away, so a
+    non-streaming call would keep its engine busy for nothing; the caller
+    decides what to cancel (a semantic request may still be needed).
+    """
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    return task.done()

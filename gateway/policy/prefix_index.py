@@ -17,17 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 
-def block_hashes(tokens: Sequence[int], block_tokens: int) -> tuple[int, ...]:
-    """Chained hashes of the full blocks of ``tokens`` (a partial tail is ignored)."""
-    toks = tokens if isinstance(tokens, tuple) else tuple(tokens)
-    out = []
-    h = 0x5EED
-    for start in range(0, len(toks) - block_tokens + 1, block_tokens):
-        h = hash((h, toks[start : start + block_tokens]))
-        out.append(h)
-    return tuple(out)
-
-
 @dataclass(frozen=True)
 class Match:
     """How much of a prompt one engine holds, in blocks."""

@@ -32,7 +32,7 @@ throughput work) and places every job it can:
   slots on that engine, so once they fill it the next job becomes a leader
   elsewhere and each engine prefills the prefix about once.
 
-``RoundRobinPolicy`` and ``LeastLoadedPolicy`` (``policy_baselines``)
+``RoundRobinPolicy`` and ``LeastLoadedPolicy`` (``baselines``)
 implement the same interface as baselines; ``make_scheduler`` picks by name.
 """
 
@@ -40,26 +40,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from gateway.fair_queue import LATENCY, THROUGHPUT, FairQueue
-from gateway.policy_baselines import LeastLoadedPolicy, RoundRobinPolicy
-from gateway.policy_engines import EngineState, EngineTable
-from gateway.policy_types import Decision, Dispatch, Job, Policy, SchedulerConfig, Warmup
-from gateway.prefix_index import PrefixIndex, block_hashes
-
-__all__ = [
-    "Decision",
-    "Dispatch",
-    "Job",
-    "LeastLoadedPolicy",
-    "Policy",
-    "RoundRobinPolicy",
-    "Scheduler",
-    "SchedulerConfig",
-    "Warmup",
-    "make_scheduler",
-]
+from .engines import EngineState, EngineTable
+from .fair_queue import LATENCY, THROUGHPUT, FairQueue
+from .prefix_index import PrefixIndex
+from .types import Dispatch, Job, SchedulerConfig
 
 _QUEUED, _HELD, _INFLIGHT = "queued", "held", "inflight"
 _MAX_HOLDER_SCAN = 16  # prefix-holding engines examined per job
@@ -141,9 +127,9 @@ class Scheduler:
         """Queue a ready job. Ids must be unique among live jobs."""
         if job.id in self._recs:
             raise ValueError(f"job {job.id!r} already submitted")
-        rec = _Rec(job, block_hashes(job.prompt_tokens, self._block))
+        rec = _Rec(job, job.prefix_hashes)
         self._recs[job.id] = rec
-        cost = len(job.prompt_tokens) * self.config.prefill_token_weight + job.max_tokens
+        cost = job.prompt_tokens * self.config.prefill_token_weight + job.max_tokens
         self._queue.push(job.id, job.tenant, job.weight, cost, job.latency_critical, now)
         if job.group is not None:
             self._groups.setdefault(job.group, {})[job.id] = None
@@ -195,9 +181,9 @@ class Scheduler:
             self._release(rec, abort=True)
 
     # decisions -----------------------------------------------------------------
-    def schedule(self, now: float) -> list[Decision]:
+    def schedule(self, now: float) -> list[Dispatch]:
         """Everything that can start now, in dispatch order."""
-        out: list[Decision] = []
+        out: list[Dispatch] = []
         self._expire_warmups(now)
         queue = self._queue
         free = self._engines.free
@@ -250,10 +236,10 @@ class Scheduler:
         }
 
     # placement -----------------------------------------------------------------
-    def _place(self, rec: _Rec, cls: int, now: float, out: list[Decision]) -> bool:
+    def _place(self, rec: _Rec, cls: int, now: float, out: list[Dispatch]) -> bool:
         """Dispatch or hold ``rec``; False when no engine can take it now."""
         job = rec.job
-        kv = len(job.prompt_tokens) + job.max_tokens
+        kv = job.prompt_tokens + job.max_tokens
         table = self._engines
         if job.pin_engine is not None:
             target = table.get(job.pin_engine)
@@ -312,7 +298,7 @@ class Scheduler:
             return least
         if least.name not in seen:
             cands.append((least, 0))
-        n_tokens = len(rec.job.prompt_tokens)
+        n_tokens = rec.job.prompt_tokens
         mt = rec.job.max_tokens
         best = least
         best_rank: tuple[float, int, float, int] | None = None
@@ -340,7 +326,7 @@ class Scheduler:
             and cand.load > least.load * self.config.balance_rel_threshold
         )
 
-    def _place_group(self, first: _Rec, now: float, out: list[Decision]) -> list[str]:
+    def _place_group(self, first: _Rec, now: float, out: list[Dispatch]) -> list[str]:
         """Dispatch the ready siblings of ``first`` together; returns those left over."""
         group = first.job.group or ""
         members = [first]
@@ -348,7 +334,7 @@ class Scheduler:
             if jid != first.job.id and self._queue.take(jid):
                 members.append(self._recs[jid])
         w = self.config.prefill_token_weight
-        members.sort(key=lambda r: -(len(r.job.prompt_tokens) * w + r.job.max_tokens))
+        members.sort(key=lambda r: -(r.job.prompt_tokens * w + r.job.max_tokens))
         left = []
         for rec in members:
             cls = self._queue.cls_of(rec.job.id)
@@ -357,12 +343,12 @@ class Scheduler:
         return left
 
     def _dispatch(
-        self, rec: _Rec, e: EngineState, cls: int, cached: int, out: list[Decision], now: float
+        self, rec: _Rec, e: EngineState, cls: int, cached: int, out: list[Dispatch], now: float
     ) -> None:
         job = rec.job
         jid = job.id
         cfg = self.config
-        uncached = max(0, len(job.prompt_tokens) - cached)
+        uncached = max(0, job.prompt_tokens - cached)
         rec.state, rec.engine, rec.expected = _INFLIGHT, e.name, cached
         rec.work = uncached * cfg.prefill_token_weight + job.max_tokens
         rec.kv = uncached + job.max_tokens
@@ -464,17 +450,3 @@ class Scheduler:
                 members.pop(rec.job.id, None)
                 if not members:
                     del self._groups[g]
-
-
-PolicyName = Literal["parrot", "round_robin", "least_loaded"]
-
-
-def make_scheduler(name: PolicyName = "parrot", config: SchedulerConfig | None = None) -> Policy:
-    """Build a policy by name; all share the ``Policy`` interface."""
-    if name == "parrot":
-        return Scheduler(config)
-    if name == "round_robin":
-        return RoundRobinPolicy(config)
-    if name == "least_loaded":
-        return LeastLoadedPolicy(config)
-    raise ValueError(f"unknown policy {name!r}")

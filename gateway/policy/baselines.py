@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
-from gateway.policy_engines import LATENCY, EngineState, EngineTable
-from gateway.policy_types import Decision, Dispatch, Job, SchedulerConfig
+from .engines import LATENCY, EngineState, EngineTable
+from .types import Dispatch, Job, SchedulerConfig
 
 __all__ = ["LeastLoadedPolicy", "RoundRobinPolicy"]
 
@@ -80,8 +80,8 @@ class _FifoPolicy:
             e.jobs.discard(job_id)
             self._engines.update(e, inflight=-1, work=-float(job.max_tokens))
 
-    def schedule(self, now: float) -> list[Decision]:
-        out: list[Decision] = []
+    def schedule(self, now: float) -> list[Dispatch]:
+        out: list[Dispatch] = []
         while self._queue and self._engines.free[LATENCY] > 0:
             jid = self._queue[0]
             job = self._jobs.get(jid)

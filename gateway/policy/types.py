@@ -5,9 +5,8 @@ Nothing here performs I/O or reads a clock; every event carries ``now``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, Union
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 
 @dataclass
@@ -16,7 +15,7 @@ class Job:
 
     id: str
     tenant: str
-    prompt_tokens: Sequence[int]  # token ids of the rendered prompt (offline tokenizer)
+    prompt_tokens: int  # prompt length in tokens (an estimate where no tokenizer runs)
     max_tokens: int
     latency_critical: bool  # deduced objective
     group: str | None = None  # task group (map stage) id
@@ -25,6 +24,7 @@ class Job:
     pin_engine: str | None = None  # must run there (waits while that engine is unavailable)
     avoid: frozenset[str] = frozenset()  # engines not to use (retries after failure)
     app_started: float | None = None  # when its application (session) started, same clock as now
+    prefix_hashes: tuple[int, ...] = ()  # chained block hashes of the prompt (analysis.prefix)
 
 
 @dataclass
@@ -37,17 +37,6 @@ class Dispatch:
     expected_cached_tokens: int
 
 
-@dataclass
-class Warmup:
-    """Prefix-only prefill to run first. Reserved: the Scheduler never emits it
-    (it dispatches a leader job instead), but executors should accept it."""
-
-    engine: str
-    tokens: tuple[int, ...]
-    for_jobs: list[str] = field(default_factory=list)
-
-
-Decision = Union[Dispatch, Warmup]
 
 
 @dataclass
@@ -125,5 +114,5 @@ class Policy(Protocol):
     def on_finish(
         self, job_id: str, now: float, cached_tokens: int | None = None, ok: bool = True
     ) -> None: ...
-    def schedule(self, now: float) -> list[Decision]: ...
+    def schedule(self, now: float) -> list[Dispatch]: ...
     def stats(self) -> dict[str, Any]: ...

@@ -25,12 +25,12 @@ from backends.base import (
     EngineUnreachable,
     Usage,
 )
-from gateway.types import JSON
+from common.errors import EngineError, GatewayTimeout, ParrotError, ServiceUnavailable
+from common.types import JSON
 
 from .engines import EnginePool, EngineState
-from .errors import EngineError, GatewayTimeout, ParrotError, ServiceUnavailable
 from .metrics import Metrics
-from .policy import Dispatch, Job, Policy, Warmup
+from .policy import Dispatch, Job, Policy
 
 log = logging.getLogger("parrot.scheduler")
 
@@ -167,8 +167,6 @@ class Dispatcher:
     def _pump(self) -> None:
         decisions = self.policy.schedule(self.clock())
         for d in decisions:
-            if isinstance(d, Warmup):
-                continue  # the policy dispatches a leader instead; nothing to run
             fut = self._waiting.get(d.job_id)
             if fut is None or fut.done():
                 # The waiter went away between submit and dispatch: give the slot back.

@@ -1,0 +1,2 @@
+"""The bottom layer: vocabulary every other package shares (errors, JSON/Route/Criteria
+types, identifier grammar) and loopback serving helpers. Imports nothing of ours."""

@@ -1,0 +1,115 @@
+"""The gateway's collaborators, built from the settings in one place.
+
+``build_gateway`` is the composition root: it wires the engine pool, the
+policy and its dispatcher, the Redis-backed store and notifier, sessions,
+auth, limits and metrics; the HTTP layer (``app.py`` and the route modules)
+only reads the resulting ``Gateway``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from starlette.requests import Request
+
+from backends.base import Engine
+from backends.sglang import make_engine
+
+from .auth import Authenticator, Principal
+from .completion import Completions
+from .dispatcher import Dispatcher
+from .engines import EnginePool
+from .limits import RateLimiter
+from .metrics import Metrics
+from .notifier import Notifier
+from .policy import SchedulerConfig, make_scheduler
+from .sessions import Sessions
+from .settings import Settings
+from .store import SessionStore
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    pool: EnginePool
+    dispatcher: Dispatcher
+    completions: Completions
+    redis: aioredis.Redis
+    store: SessionStore
+    notifier: Notifier
+    sessions: Sessions
+    auth: Authenticator
+    limits: RateLimiter
+    metrics: Metrics
+    draining: bool = False
+
+    def principal(self, request: Request) -> Principal:
+        principal = self.auth.authenticate(request.headers.get("authorization"))
+        request.state.tenant = principal.tenant
+        return principal
+
+
+def build_gateway(
+    settings: Settings, *, engines: list[Engine] | None = None, redis_url: str | None = None
+) -> Gateway:
+    if engines is None:
+        engines = [
+            make_engine(
+                url,
+                settings.backend_kind,
+                connect_timeout=settings.engine_connect_timeout_s,
+                timeout=settings.engine_timeout_s,
+            )
+            for url in settings.backend
+        ]
+    metrics = Metrics()
+    pool = EnginePool(
+        engines,
+        health_interval_s=settings.health_interval_s,
+        breaker_failures=settings.breaker_failures,
+        breaker_reset_s=settings.breaker_reset_s,
+        max_inflight_per_engine=settings.max_inflight_per_engine,
+    )
+    policy = make_scheduler(settings.scheduler_policy, SchedulerConfig.from_settings(settings))
+    dispatcher = Dispatcher(policy, pool, metrics, retry_budget=settings.retry_budget)
+    completions = Completions(
+        pool, dispatcher, metrics, stream_internally=settings.engine_streaming,
+        block_tokens=settings.prefix_block_tokens,
+    )
+    url = redis_url or settings.redis
+    if not url:
+        raise ValueError("a Redis URL is required (the CLI starts an embedded one)")
+    # A blocking pool: past max_connections a command waits (up to 5 s) for a free
+    # connection instead of failing at once with "Too many connections" (the default
+    # pool's cap is 100, which 500 concurrent sessions exceeded).
+    redis_pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=256, timeout=5, socket_timeout=5, socket_connect_timeout=2,
+        decode_responses=False,
+    )
+    redis = aioredis.Redis.from_pool(redis_pool)
+    store = SessionStore(
+        redis,
+        ttl_s=settings.session_ttl_s,
+        max_value_bytes=settings.max_value_bytes,
+        max_variables=settings.max_variables_per_session,
+    )
+    notifier = Notifier(redis)
+    store.attach_notifier(notifier)
+    sessions = Sessions(settings, store, completions, metrics)
+    return Gateway(
+        settings=settings,
+        pool=pool,
+        dispatcher=dispatcher,
+        completions=completions,
+        redis=redis,
+        store=store,
+        notifier=notifier,
+        sessions=sessions,
+        auth=Authenticator.from_file(settings.api_keys),
+        limits=RateLimiter(redis),
+        metrics=metrics,
+    )
+
+
+__all__ = ["Gateway", "build_gateway"]
