@@ -264,3 +264,6 @@ def test_main_rejects_bad_args():
     with pytest.raises(SystemExit):
         main(["--profile", "nope"])
     assert main(["--time-scale", "-1"]) == 2
+    for bad in ("5", "9,4", "0,3", "a,b"):
+        with pytest.raises(SystemExit):
+            main(["--eos-after", bad])

@@ -168,7 +168,7 @@ def parse_chat(body: Any, encode: Callable[[str], list[int]]) -> Parsed:
     sampling, n, stream, usage, rids, priority = _openai_common(body)
     top = _top(body, "top_logprobs")
     logprobs = _bool(body, "logprobs")
-    if body.get("top_logprobs") is not None and not logprobs:
+    if top and not logprobs:
         raise BadRequest("'logprobs' must be true when 'top_logprobs' is set", param="logprobs")
     prompt = encode(render_chat(messages))
     return Parsed("chat", [prompt], sampling, n, stream, usage, rids, priority, body.get("model"),
