@@ -3,23 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from common.errors import (
     BadRequest,
     Conflict,
     DependencyCycle,
     NotFound,
+    ParrotError,
     PayloadTooLarge,
     ServiceUnavailable,
 )
 from gateway.notifier import Event, Notifier
 from gateway.redis_server import RedisServer
-from gateway.store import RequestRecord, SessionStore, Variable, plan_register, settled
+from gateway.store import (
+    RequestRecord,
+    SessionStore,
+    Variable,
+    plan_fail,
+    plan_put,
+    plan_register,
+    plan_result,
+    settled,
+)
+from gateway.store.plans import check_size
 
 T, S = "acme", "run-1"
 
@@ -63,6 +79,16 @@ async def replicas(redis_url: str) -> AsyncIterator[Callable[..., asyncio.Future
 @pytest.fixture
 async def store(replicas: Callable[..., asyncio.Future[Replica]]) -> SessionStore:
     return (await replicas()).store
+
+
+async def meta_of(store: SessionStore, tenant: str, session: str) -> dict[str, float]:
+    """The session's meta hash, read straight from Redis ({} when the session is gone)."""
+    raw = await store._redis.hgetall(store.keys(tenant, session).meta)
+    return {k.decode(): float(v) for k, v in raw.items()}
+
+
+async def record_of(store: SessionStore, tenant: str, rid: str) -> RequestRecord | None:
+    return next((r for r in await store.list_requests(tenant, S) if r.id == rid), None)
 
 
 def rec(rid: str, inputs: list[str], output: str | None, tenant: str = T) -> RequestRecord:
@@ -141,8 +167,8 @@ async def test_register_declares_graph(store: SessionStore) -> None:
     assert vs["a"].producer == "r1" and vs["a"].consumers == ["r2"]
     assert all(v.status == "pending" for v in vs.values())
     assert [r.id for r in await store.list_requests(T, S)] == ["r1", "r2"]
-    meta = await store.session_meta(T, S)
-    assert meta is not None and meta["deadline"] == 1234.5 and meta["version"] == 2
+    meta = await meta_of(store, T, S)
+    assert meta["deadline"] == 1234.5 and meta["version"] == 2
     with pytest.raises(Conflict):  # same id twice
         await store.register_request(rec("r1", [], "other"))
 
@@ -158,10 +184,10 @@ async def test_register_validate_can_refuse(store: SessionStore) -> None:
     with pytest.raises(DependencyCycle):
         await store.register_request(rec("r2", ["a"], "b"), validate=refuse)
     assert seen == [["r1"]]
-    assert await store.get_request(T, S, "r2") is None
+    assert await record_of(store, T, "r2") is None
     b = await store.get_variable(T, S, "b")
     assert b is not None and b.producer is None and b.consumers == ["r1"]
-    assert (await store.session_meta(T, S))["version"] == 1  # type: ignore[index]
+    assert (await meta_of(store, T, S))["version"] == 1
 
 
 async def test_concurrent_register_same_output_one_wins(
@@ -179,27 +205,30 @@ async def test_concurrent_register_same_output_one_wins(
         assert all(isinstance(r, Conflict) for r in results if r is not None)
         var = await a.get_variable(T, S, out)
         assert var is not None and var.producer is not None
-        assert await a.get_request(T, S, var.producer) is not None
+        assert await record_of(a, T, var.producer) is not None
     x = await a.get_variable(T, S, "x")
     assert x is not None and len(x.consumers) == 5  # losers never touched it
 
 
-async def test_update_request_and_public_view(store: SessionStore) -> None:
+async def test_save_request_and_public_view(store: SessionStore) -> None:
     r = rec("r1", [], "a")
     r.created_at = 100.0
     await store.register_request(r)
-    assert await store.update_request(
-        T, S, "r1", status="done", ready_at=100.5, started_at=101.0, finished_at=102.25,
-        engine="e0", prompt_tokens=10, cached_tokens=4,
-    )
-    got = await store.get_request(T, S, "r1")
-    assert got is not None
+    r.status, r.ready_at, r.started_at, r.finished_at = "done", 100.5, 101.0, 102.25
+    r.engine, r.prompt_tokens, r.cached_tokens = "e0", 10, 4
+    r.criteria_effective, r.group = "throughput", "grp:x"
+    assert await store.save_request(r)
+    got = await record_of(store, T, "r1")
+    assert got == r
     pub = got.to_public()
     assert pub["status"] == "done" and pub["engine"] == "e0" and pub["cached_tokens"] == 4
     assert pub["queued_ms"] == 500.0 and pub["run_ms"] == 1250.0
-    assert not await store.update_request(T, S, "nope", status="done")
-    with pytest.raises(TypeError):
-        await store.update_request(T, S, "r1", id="other")
+    assert pub["criteria_effective"] == "throughput" and pub["group_effective"] == "grp:x"
+    assert not await store.save_request(rec("nope", [], None))  # never creates a record
+    assert await record_of(store, T, "nope") is None
+    assert await store.delete_session(T, S)
+    assert not await store.save_request(r)  # nor resurrects a deleted session
+    assert not await store.session_exists(T, S)
 
 
 # --------------------------------------------------------------- TTL, tenants
@@ -322,7 +351,7 @@ async def test_delete_wakes_waiters(replicas: Callable[..., asyncio.Future[Repli
     assert time.monotonic() - t0 < 0.5
     assert states["x"].status == "failed" and states["x"].error == "session deleted"
     assert await a.list_variables(T, S) == [] and await a.list_requests(T, S) == []
-    assert await a.session_meta(T, S) is None
+    assert await meta_of(a, T, S) == {}
 
 
 async def test_notifier_dispatch_filters_by_session_and_name(redis_url: str) -> None:
@@ -403,28 +432,180 @@ async def test_redis_restart() -> None:
             await b.close()
 
 
-async def test_one_round_trip_registration_writes_what_the_transaction_writes(
-    store: SessionStore, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The Lua fast path and the WATCH/MULTI path leave identical state behind."""
-    graph = [("r1", ["q"], "a"), ("r2", ["q", "a", "a"], "b"), ("r3", [], "q2"), ("r4", ["b"], None)]
+# ------------------------------------------- the Lua fast path == the pure plans
 
-    async def register_all(session: str) -> tuple[dict[str, object], list[object]]:
-        for rid, inputs, output in graph:
-            r = rec(rid, inputs, output)
-            r.session = session
-            await store.register_request(r, deadline=99.5)
-        vs = {v.name: (v.status, v.producer, sorted(v.consumers), v.value)
-              for v in await store.list_variables(T, session)}
-        rs = [(r.id, r.inputs, r.output) for r in await store.list_requests(T, session)]
-        meta = await store.session_meta(T, session)
-        assert meta is not None and meta["deadline"] == 99.5
-        return vs, rs
+NAMES = ["a", "b", "c", "d"]
+RIDS = ["r0", "r1", "r2"]
+MAX_VALUE_BYTES = 8
 
-    fast = await register_all("fast")
 
-    async def no_fast_path(*_: object) -> bool:
+@dataclass(frozen=True)
+class Register:
+    rid: str
+    inputs: tuple[str, ...]
+    output: str | None
+    deadline: float | None
+
+
+@dataclass(frozen=True)
+class Put:
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class Result:
+    name: str
+    value: str
+    producer: str | None
+
+
+@dataclass(frozen=True)
+class Fail:
+    name: str
+    error: str
+
+
+Op = Register | Put | Result | Fail
+Outcome = tuple[str, object]
+State = tuple[dict[str, Variable], dict[str, RequestRecord], dict[str, float]]
+
+_values = st.text(st.characters(blacklist_categories=("Cs",)), max_size=5)  # some > 8 bytes
+_ops = st.one_of(
+    st.builds(Register, st.sampled_from(RIDS), st.lists(st.sampled_from(NAMES), max_size=3).map(tuple),
+              st.none() | st.sampled_from(NAMES), st.none() | st.sampled_from([50.0, 75.5])),
+    st.builds(Put, st.sampled_from(NAMES), _values),
+    st.builds(Result, st.sampled_from(NAMES), _values, st.none() | st.sampled_from(RIDS)),
+    st.builds(Fail, st.sampled_from(NAMES), st.sampled_from(["boom", "upstream_failed: é/\"\n"])),
+)
+
+
+def _record(op: Register, session: str, now: float) -> RequestRecord:
+    return RequestRecord(id=op.rid, tenant=T, session=session, inputs=list(op.inputs),
+                         output=op.output, created_at=now)
+
+
+def _outcome(result: object) -> Outcome:
+    return ("ok", result.to_public() if isinstance(result, Variable) else result)
+
+
+class MemorySession:
+    """The pure plans applied to state held in memory: what the store must do."""
+
+    def __init__(self, max_variables: int) -> None:
+        self.max_variables = max_variables
+        self.vars: dict[str, Variable] = {}
+        self.reqs: dict[str, RequestRecord] = {}
+        self.meta: dict[str, float] = {}
+
+    def run(self, op: Op, session: str, now: float) -> Outcome:
+        try:
+            return _outcome(self._plan(op, session, now))
+        except ParrotError as exc:
+            return ("error", (type(exc).__name__, exc.body()))
+
+    def _plan(self, op: Op, session: str, now: float) -> object:
+        deadline = None
+        if isinstance(op, Register):
+            r = _record(op, session, now)
+            names = ([r.output] if r.output else []) + list(r.inputs)
+            current = {n: self.vars.get(n) for n in names}
+            plan = plan_register(r, current, len(self.vars), self.max_variables, now,
+                                 id_taken=r.id in self.reqs)
+            deadline = op.deadline
+        elif isinstance(op, Put):
+            check_size(op.name, op.value, MAX_VALUE_BYTES)
+            plan = plan_put(op.name, op.value, self.vars.get(op.name), len(self.vars),
+                            self.max_variables, now)
+        elif isinstance(op, Result):
+            check_size(op.name, op.value, MAX_VALUE_BYTES)
+            plan = plan_result(op.name, op.value, self.vars.get(op.name), op.producer, now)
+        else:
+            plan = plan_fail(op.name, op.error, self.vars.get(op.name), now)
+        if plan.writes:
+            self.meta.setdefault("created", now)
+            if deadline is not None:
+                self.meta.setdefault("deadline", deadline)
+            self.meta["version"] = self.meta.get("version", 0) + 1
+            self.vars.update({v.name: v for v in plan.variables})
+            self.reqs.update({q.id: q for q in plan.requests})
+        return plan.result
+
+    def state(self) -> State:
+        return dict(self.vars), dict(self.reqs), dict(self.meta)
+
+
+async def _run_on_store(store: SessionStore, op: Op, session: str, now: float) -> Outcome:
+    try:
+        if isinstance(op, Register):
+            return _outcome(await store.register_request(_record(op, session, now),
+                                                         deadline=op.deadline))
+        if isinstance(op, Put):
+            return _outcome(await store.put_variable(T, session, op.name, op.value))
+        if isinstance(op, Result):
+            return _outcome(await store.set_result(T, session, op.name, op.value,
+                                                   producer=op.producer))
+        return _outcome(await store.fail_variable(T, session, op.name, op.error))
+    except ParrotError as exc:
+        return ("error", (type(exc).__name__, exc.body()))
+
+
+async def _stored_state(store: SessionStore, session: str) -> State:
+    variables = {v.name: v for v in await store.list_variables(T, session)}
+    records = {r.id: r for r in await store.list_requests(T, session)}
+    return variables, records, await meta_of(store, T, session)
+
+
+async def _replay(url: str, max_variables: int, history: list[Op]) -> None:
+    clock = [1000.0]
+    client = aioredis.from_url(url)
+    kw = dict(max_variables=max_variables, max_value_bytes=MAX_VALUE_BYTES,
+              clock=lambda: clock[0])
+    lua = SessionStore(client, **kw)  # type: ignore[arg-type]
+    txn = SessionStore(client, **kw)  # type: ignore[arg-type]
+    transactions: list[str] = []
+    lua_transact = lua._transact
+
+    async def spy(tenant: str, session: str, decide: object) -> object:
+        transactions.append(session)
+        return await lua_transact(tenant, session, decide)  # type: ignore[arg-type]
+
+    async def no_fast_path(*_: object, **__: object) -> bool:
         return False
 
-    monkeypatch.setattr(store, "_register_fast", no_fast_path)
-    assert await register_all("slow") == fast
+    lua._transact = spy  # type: ignore[method-assign]
+    txn._register_fast = no_fast_path  # type: ignore[method-assign]
+    model = MemorySession(max_variables)
+    run = uuid.uuid4().hex[:8]
+    try:
+        for step, op in enumerate(history):
+            clock[0] = 1000.0 + step * 0.25
+            expected = model.run(op, f"{run}-mem", clock[0])
+            before = len(transactions)
+            got = await _run_on_store(lua, op, f"{run}-lua", clock[0])
+            assert not isinstance(op, Register) or len(transactions) == before, "not the Lua path"
+            assert got == expected, (step, op, "lua")
+            assert await _run_on_store(txn, op, f"{run}-txn", clock[0]) == expected, (step, op)
+            want = model.state()
+            for path in ("lua", "txn"):
+                variables, records, meta = await _stored_state(lua, f"{run}-{path}")
+                assert variables == want[0], (step, op, path)
+                assert {k: dataclasses.replace(r, session=f"{run}-mem") for k, r in records.items()} \
+                    == want[1], (step, op, path)
+                assert meta == want[2], (step, op, path)
+    finally:
+        await client.aclose()
+
+
+@settings(max_examples=120, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(max_variables=st.integers(2, 5), history=st.lists(_ops, min_size=1, max_size=12))
+def test_lua_registration_and_pure_plans_agree_on_random_histories(
+    redis_url: str, max_variables: int, history: list[Op]
+) -> None:
+    """Each history of registrations (random inputs and outputs, duplicate ids, second
+    producers, past the variable limit), puts, results and fails runs three ways: the
+    store with its Lua fast path, the store with only its WATCH/MULTI path, and the pure
+    plans over memory. Every step gives the same outcome (result or error) and leaves
+    the same variables, records and session meta behind."""
+    asyncio.run(_replay(redis_url, max_variables, history))
