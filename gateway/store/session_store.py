@@ -13,14 +13,15 @@ so Redis Cluster keeps them in one slot and one MULTI may touch them all::
 cannot hold those characters either, so two (tenant, session) pairs never
 share a key.
 
-Every write but the common registration goes through `SessionStore._transact`:
-WATCH meta, read, decide with the pure ``plan_*`` functions of ``plans.py``, then one MULTI with the writes, a
-version bump, a TTL refresh of every key and the PUBLISH of the events. Since
-every write bumps ``meta.version`` (and DEL removes meta), watching meta alone
-catches any concurrent change. A per-session asyncio lock serialises the
-writers of one process, so WATCH retries only happen between replicas. The
-common registration is one Lua script instead (``scripts.py``). Waits long-poll
-on the notifier's events with a periodic re-read.
+Registration runs as one Lua script (``scripts.py``) unless a cycle check needs
+the whole graph; a record's progress is saved by another script, and a session
+is deleted in one MULTI. The other writes go through `SessionStore._transact`: WATCH
+meta, read, decide with the pure ``plan_*`` functions of ``plans.py``, then one
+MULTI with the writes, a version bump, a TTL refresh of every key and the
+PUBLISH of the events. Since every write bumps ``meta.version`` (and DEL removes
+meta), watching meta alone catches any concurrent change. A per-session asyncio
+lock serialises the writers of one process, so WATCH retries only happen between
+replicas. Waits long-poll on the notifier's events with a periodic re-read.
 """
 
 from __future__ import annotations
