@@ -5,7 +5,7 @@ Each ``plan_*`` function takes the current state (read under WATCH by
 writes, or raises the refusal. No I/O and no clock reads (``now`` is passed).
 The Lua fast path of registration (``scripts.py``) re-states `plan_register`
 for speed; its answers are turned into the very errors defined here, and
-tests/test_store.py checks the two agree over random histories.
+tests/test_store_scripts.py checks the two agree over random histories.
 """
 
 from __future__ import annotations

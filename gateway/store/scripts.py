@@ -4,7 +4,7 @@
 order, and the same writes as `plans.plan_register` (it re-states that rule
 for speed: no WATCH, no lock, one script). `register_outcome` turns its answer
 into the errors `plans.py` defines. A property test over random histories
-(tests/test_store.py) keeps the two equal.
+(tests/test_store_scripts.py) keeps the two equal.
 
 cjson re-encodes the variables it touches: an empty list comes back as ``{}``
 (`Variable.from_json` reads both) and numbers keep 14 significant digits, so an
