@@ -143,10 +143,11 @@ class Bench:
 
     def metrics(self, run: Run, workload: str, where: str,
                 measured: Sequence[AppResult] | None = None) -> dict[str, Any]:
-        """Latency metrics over ``measured`` (default: every app of the run); the harness's
-        lag and CPU over the whole run; why the run is not comparable, if it is not."""
+        """Latency and harness lag over ``measured`` (default: every app of the run), CPU
+        and loop lag over the whole run; why the run is not comparable, if it is not."""
         ts = self.cfg.time_scale
-        m = system_metrics(list(measured if measured is not None else run.results), ts)
+        reported = list(measured if measured is not None else run.results)
+        m = system_metrics(reported, ts)
         m["apps"] = len(run.results)
         if measured is not None:
             m["apps_measured"] = len(measured)
@@ -154,13 +155,18 @@ class Bench:
         if run.engine_busy_s is not None and run.wall_s > 0:
             m["engine_busy_s"] = round(run.engine_busy_s, 4)
             m["engine_utilization"] = round(run.engine_busy_s / (run.wall_s / ts * len(self.svc.engines)), 4)
-        m["harness"] = lag_metrics(run.results, run.loop_lag_ms, ts)
+        # The lag of the apps whose latency is reported (a closed loop's first burst of K
+        # apps at once is warm-up, like an open loop's first arrivals).
+        m["harness"] = lag_metrics(reported, run.loop_lag_ms, ts)
         m["harness"]["gc_pause_max_ms"] = round(max(run.gc_pauses_ms, default=0.0), 3)
         m["cpu"] = run.cpu
         services = sum(v for k, v in run.cpu.items() if k != "harness")
         ncores = len(self.cfg.affinity.services) if self.cfg.affinity and self.cfg.affinity.services else (
             os.cpu_count() or 1)
         m["cpu_services_share"] = round(services / ncores, 4)
+        if m["cpu_services_share"] > 0.9:
+            m["warnings"] = [f"the services' CPUs were {m['cpu_services_share']:.0%} busy: simulated engines "
+                             "may have run slow for every system"]
         why = comparability(m["harness"], run.cpu, run.system, self.cfg.thresholds)
         m["comparable"] = not why
         if why:

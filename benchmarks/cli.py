@@ -173,6 +173,10 @@ def _run_workloads(args: argparse.Namespace, workloads: list[str], systems: list
     except ValueError as exc:
         print(exc, file=sys.stderr)
         return 2
+    if cfg.sweep and (args.apps is not None or args.rate):
+        print("--apps/--rate do not apply to --sweep: its rates are --loads x the baseline's capacity "
+              "and its points have --point-apps apps", file=sys.stderr)
+        return 2
     if cfg.sweep or cfg.load is not None:
         bad = [w for w in workloads if w not in SWEEPABLE]
         if bad:

@@ -217,11 +217,22 @@ async def run_closed(system: System, apps: Callable[[int], App], k: int, min_app
     return out
 
 
-def prebuilt(make: Callable[[int], App], n: int) -> Callable[[int], App]:
-    """``make`` with its first ``n`` apps built now (building one during a run would
-    stall the event loop: prompts are tokenized); later ones are built on demand."""
-    pool = [make(i) for i in range(n)]
-    return lambda i: pool[i] if i < len(pool) else make(i)
+class AppPool:
+    """App instances by index, built ahead with ``ensure`` (building one during a run
+    would stall the event loop: its prompts are tokenized) and shared by every system's
+    closed loop; an index past the pool is built on demand (and shows as lag)."""
+
+    def __init__(self, make: Callable[[int], App]) -> None:
+        self.make = make
+        self.apps: list[App] = []
+
+    def ensure(self, n: int) -> None:
+        while len(self.apps) < n:
+            self.apps.append(self.make(len(self.apps)))
+
+    def __call__(self, i: int) -> App:
+        self.ensure(i + 1)
+        return self.apps[i]
 
 
 def apps_needed(k: int, min_apps: int, min_engine_s: float, rate_guess: float | None) -> int:

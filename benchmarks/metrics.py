@@ -124,8 +124,8 @@ PROXY_ROLE = {"gateway": "gateway", "gateway-plain": "gateway", "sglang-router":
 def lag_metrics(results: Sequence[AppResult], loop_lag_ms: Sequence[float],
                 time_scale: float) -> dict[str, Any]:
     """The harness's lateness (engine ms): app starts after their planned arrival, client
-    requests after their inputs were ready (gateway DAG: submits after the app started),
-    and the event loop's ticker overshoot."""
+    requests after their inputs were ready (gateway DAG: submits after the app started or
+    its inputs finished), and the event loop's ticker overshoot (over the whole run)."""
     start = [r.start_lag * 1000 for r in results]
     send = [q.send_lag_ms for r in results for q in r.requests if q.send_lag_ms is not None]
     ts = time_scale

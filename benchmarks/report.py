@@ -56,6 +56,9 @@ def print_table(summary: dict[str, Any], console: Console | None = None) -> None
         t.add_section()
     console.print(t)
     for name, w in summary["workloads"].items():
+        if w.get("reference_load") is not None:
+            console.print(f"{name}: the rows above are each system at {w['reference_load']:g}x the "
+                          f"{w.get('reference_system')}'s capacity ({w.get('reference_rate')} apps/s)")
         if "capacity_apps_per_s" in w and "sweep" in w:
             console.print(saturation_table(name, w))
         chat = {s: (m.get("by_kind") or {}).get("chat") for s, m in w["systems"].items()}
@@ -83,8 +86,8 @@ def saturation_table(name: str, w: dict[str, Any]) -> Table:
     t.add_column("capacity", justify="right")
     t.add_column("goodput", justify="right")
     for p in points:
-        load = f" ({p['load']:g}x)" if p.get("load") is not None else " (ext)"
-        t.add_column(f"{p['rate']:.2f}/s{load}", justify="right")
+        load = f" ({p['load']:g}x)" if p.get("load") is not None else ""
+        t.add_column(f"{p['rate']:.2f}/s{load}" + (" ext" if p.get("extension") else ""), justify="right")
     bad = w.get("not_comparable") or {}
     for s in w["capacity_apps_per_s"]:
         cells = []

@@ -26,10 +26,10 @@ import math
 from typing import Any
 
 from .bench import Bench, open_loop, run_line
-from .harness import apps_needed, prebuilt, run_closed
+from .harness import AppPool, apps_needed, run_closed
 from .metrics import _r, goodput, percentile, slo_ratio, workload_summary
 from .systems import AppResult
-from .workloads import SWEEPABLE, app_maker, build_workload
+from .workloads import SWEEPABLE, app_maker, build_workload, size_params
 
 WARMUP_FRACTION = 0.1
 K_GROWTH = 1.10  # a doubling of K that adds less than this much throughput: saturated
@@ -43,12 +43,12 @@ def _closed_args(b: Bench, k: int, search: bool) -> tuple[int, float, float]:
     return cfg.point_apps, cfg.point_seconds * ts, max(300.0, cfg.point_seconds * 5) * ts
 
 
-async def closed_run(b: Bench, name: str, sname: str, make: Any, k: int, search: bool = False,
+async def closed_run(b: Bench, name: str, sname: str, apps: AppPool, k: int, search: bool = False,
                      rate_guess: float | None = None) -> dict[str, Any]:
     """One closed-loop run of ``sname``; its metrics with ``apps_per_s`` (engine time)."""
     ts = b.cfg.time_scale
     min_apps, min_wall, max_wall = _closed_args(b, k, search)
-    apps = prebuilt(make, apps_needed(k, min_apps, min_wall / ts, rate_guess))
+    apps.ensure(apps_needed(k, min_apps, min_wall / ts, rate_guess))
     key = f"{name} K={k}" + (" probe" if search else "")
     run = await b.run(
         sname, lambda system, done: run_closed(system, apps, k, min_apps, min_wall, max_wall, done), key)
@@ -69,7 +69,7 @@ async def closed_run(b: Bench, name: str, sname: str, make: Any, k: int, search:
     return m
 
 
-async def find_k(b: Bench, name: str, make: Any) -> tuple[int, list[dict[str, Any]]]:
+async def find_k(b: Bench, name: str, make: AppPool) -> tuple[int, list[dict[str, Any]]]:
     """Double K on the reference system until the throughput stops growing."""
     if b.cfg.capacity_k:
         return b.cfg.capacity_k, []
@@ -90,7 +90,7 @@ async def find_k(b: Bench, name: str, make: Any) -> tuple[int, list[dict[str, An
 
 async def measure_capacity(b: Bench, name: str, systems: list[str]) -> dict[str, Any]:
     """Closed-loop capacity of ``systems`` (reference first) at the K found on the reference."""
-    make = app_maker(name, b.cfg.size, b.cfg.seed)
+    make = AppPool(app_maker(name, b.cfg.size, b.cfg.seed))
     k, probes = await find_k(b, name, make)
     order = [b.reference()] + [s for s in systems if s != b.reference()]
     runs: dict[str, Any] = {}
@@ -123,17 +123,19 @@ def _p90_by_kind(results: list[AppResult], ts: float) -> dict[str, float | None]
         k: None for k in failed}
 
 
-async def run_point(b: Bench, name: str, rate: float, load: float | None,
-                    systems: list[str]) -> dict[str, Any]:
+async def run_point(b: Bench, name: str, rate: float, load: float, systems: list[str],
+                    extension: bool = False) -> dict[str, Any]:
     """One offered rate, every system in ``systems``: the sweep entry."""
     cfg, ts = b.cfg, b.cfg.time_scale
     n = max(cfg.point_apps, math.ceil(rate * cfg.point_seconds))
     wl = build_workload(name, cfg.size, cfg.seed, n, rate)
     bound = await b.bound(wl)
     key = f"{name}@{rate:.4g}"
-    label = f"load {load:g}" if load is not None else "extension"
+    label = f"load {load:.3g}" + (" (extension)" if extension else "")
     b.log(f"[{key}] {label}: {len(wl.apps)} apps ({n} at {rate:.3g}/s), {wl.requests} requests")
-    entry: dict[str, Any] = {"rate": _r(rate), "load": load, "apps": len(wl.apps), "systems": {}}
+    entry: dict[str, Any] = {"rate": _r(rate), "load": _r(load, 3), "apps": len(wl.apps), "systems": {}}
+    if extension:
+        entry["extension"] = True
     raw: dict[str, Any] = {"workload": name, "rate": rate, "load": load, "params": wl.params,
                            "bound": bound, "engines": b.svc.long_label, "systems": {}}
     for sname in systems:
@@ -141,7 +143,8 @@ async def run_point(b: Bench, name: str, rate: float, load: float | None,
         measured = _measured(wl.arrivals, run.results)
         m = b.metrics(run, name, f"rate {rate:.3g}/s", measured)
         m["apps_measured"] = len(measured)
-        m["slo_ratio"] = _r(slo_ratio(_p90_by_kind(measured, ts), bound["by_kind"], cfg.slo_factor), 4)
+        ratio = slo_ratio(_p90_by_kind(measured, ts), bound["by_kind"], cfg.slo_factor)
+        m["slo_ratio"] = None if math.isinf(ratio) else _r(ratio, 4)  # None: some apps failed
         entry["systems"][sname] = m
         raw["systems"][sname] = [r.to_json() for r in run.results]
         b.log(run_line(key, sname, m) + f"; SLO ratio {m['slo_ratio']}")
@@ -168,20 +171,21 @@ async def run_sweep(b: Bench, name: str) -> dict[str, Any]:
         if not passing:
             break
         rate *= 1.25
-        points.append(await run_point(b, name, rate, None, passing))
+        points.append(await run_point(b, name, rate, rate / base, passing, extension=True))
     good, notes = {}, {}
     for s in b.systems:
         curve = [(p["rate"], p["systems"][s]["slo_ratio"]) for p in points if s in p["systems"]]
         g, why = goodput([(r, q if q is not None else math.inf) for r, q in curve])
         good[s], notes[s] = _r(g), why
     ref_load = max((f for f in cfg.loads if f <= 1.0), default=min(cfg.loads))
-    ref = next(p for p in points if p["load"] == ref_load)
+    ref = next(p for p in points if p["load"] == _r(ref_load, 3) and not p.get("extension"))
     bound = ref["bound_by_kind"]
     entry = workload_summary(ref["systems"], ref["bound_s"])
     entry.update({
         "reference_load": ref_load,
         "reference_rate": ref["rate"],
         "reference_system": b.reference(),
+        "params": {**size_params(name, cfg.size), "seed": cfg.seed},
         "bound_by_kind": bound,
         "slo_s": {k: _r(cfg.slo_factor * v) for k, v in bound.items() if v},
         "slo": f"p90 app latency <= {cfg.slo_factor:g} x the critical-path bound, for every app kind",
@@ -213,7 +217,8 @@ SWEEP_KEYS = ("e2e_mean_s", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s", "apps", "apps
 
 def _sweep_entry(p: dict[str, Any]) -> dict[str, Any]:
     """The SPEC shape ``{rate, systems: {s: {e2e_mean_s, e2e_p90_s, e2e_p99_s, ...}}}``."""
-    return {"rate": p["rate"], "load": p["load"], "apps": p["apps"],
-            "bound_s": _r(p["bound_s"]),
-            "systems": {s: {k: m[k] for k in SWEEP_KEYS if k in m} for s, m in p["systems"].items()}}
+    out = {k: p[k] for k in ("rate", "load", "apps", "extension") if k in p}
+    out["bound_s"] = _r(p["bound_s"])
+    out["systems"] = {s: {k: m[k] for k in SWEEP_KEYS if k in m} for s, m in p["systems"].items()}
+    return out
 

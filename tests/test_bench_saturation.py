@@ -162,6 +162,11 @@ def test_sweep_shapes_old_and_new() -> None:
     new = {"sweep": [{"rate": 2.0, "systems": {}}, {"rate": 1.0, "systems": {}}]}
     old = {"sweep": {"2.0": {"systems": {}}, "1.0": {"systems": {}}}}
     assert [p["rate"] for p in sweep_points(new)] == [1.0, 2.0] == [p["rate"] for p in sweep_points(old)]
+    ms = {"baseline": {"e2e_mean_s": 2.0}, "gateway": {"e2e_mean_s": 1.0}}
+    rates = {"workloads": {"chain": {"systems": ms, "bound_s": 0.5, "speedup": 2.0,
+                                     "sweep": [{"rate": 4.0, "systems": ms, "speedup": 2.0}]}}}
+    table = markdown_table(rates)
+    assert "| chain @4/s | 2.000 | 1.000 | 0.500 | 2.00x |" in table
 
 
 # ------------------------------------------------------------------ a slowed client is caught
