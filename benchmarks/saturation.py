@@ -38,8 +38,9 @@ K_GROWTH = 1.10  # a doubling of K that adds less than this much throughput: sat
 def _closed_args(b: Bench, k: int, search: bool) -> tuple[int, float, float]:
     """(min apps, min wall s, max wall s) of a closed-loop run."""
     cfg, ts = b.cfg, b.cfg.time_scale
-    if search:  # probes of the K search: shorter windows
-        return max(k, cfg.point_apps // 3), cfg.point_seconds / 6 * ts, max(120.0, cfg.point_seconds * 2) * ts
+    if search:  # probes of the K search: shorter windows, but at least 2K apps (noise)
+        max_wall = max(120.0, cfg.point_seconds * 2) * ts
+        return max(2 * k, cfg.point_apps // 2), cfg.point_seconds / 4 * ts, max_wall
     return cfg.point_apps, cfg.point_seconds * ts, max(300.0, cfg.point_seconds * 5) * ts
 
 
