@@ -235,7 +235,12 @@ class AppPool:
         return self.apps[i]
 
 
+MAX_POOL = 3000
+
+
 def apps_needed(k: int, min_apps: int, min_engine_s: float, rate_guess: float | None) -> int:
-    """How many apps a closed loop will likely start: warm-up, window and the drain."""
-    window = max(min_apps, math.ceil((rate_guess or 0.0) * min_engine_s * 1.5))
-    return 2 * k + window + k
+    """How many apps a closed loop will likely start: 2K by the end of the warm-up (K
+    completions), then one per completion in the window, and K spare; at most ``MAX_POOL``
+    (beyond it apps are built during the run, which shows as lag)."""
+    window = max(min_apps, math.ceil((rate_guess or 0.0) * min_engine_s))
+    return min(MAX_POOL, 3 * k + window)

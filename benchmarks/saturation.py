@@ -29,7 +29,7 @@ from .bench import Bench, open_loop, run_line
 from .harness import AppPool, apps_needed, run_closed
 from .metrics import _r, goodput, percentile, slo_ratio, workload_summary
 from .systems import AppResult
-from .workloads import SWEEPABLE, app_maker, build_workload, size_params
+from .workloads import SWEEPABLE, Arrival, Workload, app_maker, build_workload, size_params
 
 WARMUP_FRACTION = 0.1
 K_GROWTH = 1.10  # a doubling of K that adds less than this much throughput: saturated
@@ -44,12 +44,14 @@ def _closed_args(b: Bench, k: int, search: bool) -> tuple[int, float, float]:
     return cfg.point_apps, cfg.point_seconds * ts, max(300.0, cfg.point_seconds * 5) * ts
 
 
-async def closed_run(b: Bench, name: str, sname: str, apps: AppPool, k: int, search: bool = False,
-                     rate_guess: float | None = None) -> dict[str, Any]:
-    """One closed-loop run of ``sname``; its metrics with ``apps_per_s`` (engine time)."""
+async def closed_run(b: Bench, name: str, sname: str, apps: AppPool, k: int, bound_s: float,
+                     search: bool = False) -> dict[str, Any]:
+    """One closed-loop run of ``sname``; its metrics with ``apps_per_s`` (engine time).
+    Apps are built before the run, as many as the highest possible throughput needs:
+    K / bound (Little's law: no app finishes faster than its critical-path bound)."""
     ts = b.cfg.time_scale
     min_apps, min_wall, max_wall = _closed_args(b, k, search)
-    apps.ensure(apps_needed(k, min_apps, min_wall / ts, rate_guess))
+    apps.ensure(apps_needed(k, min_apps, min_wall / ts, k / bound_s if bound_s else None))
     key = f"{name} K={k}" + (" probe" if search else "")
     run = await b.run(
         sname, lambda system, done: run_closed(system, apps, k, min_apps, min_wall, max_wall, done), key)
@@ -70,7 +72,7 @@ async def closed_run(b: Bench, name: str, sname: str, apps: AppPool, k: int, sea
     return m
 
 
-async def find_k(b: Bench, name: str, make: AppPool) -> tuple[int, list[dict[str, Any]]]:
+async def find_k(b: Bench, name: str, make: AppPool, bound_s: float) -> tuple[int, list[dict[str, Any]]]:
     """Double K on the reference system until the throughput stops growing."""
     if b.cfg.capacity_k:
         return b.cfg.capacity_k, []
@@ -80,7 +82,7 @@ async def find_k(b: Bench, name: str, make: AppPool) -> tuple[int, list[dict[str
     probes: list[dict[str, Any]] = []
     best = 0.0
     for _ in range(6):
-        m = await closed_run(b, name, b.reference(), make, k, search=True, rate_guess=best or None)
+        m = await closed_run(b, name, b.reference(), make, k, bound_s, search=True)
         probes.append({"k": k, "apps_per_s": m["apps_per_s"]})
         if best and m["apps_per_s"] < best * K_GROWTH:
             return k, probes
@@ -92,13 +94,13 @@ async def find_k(b: Bench, name: str, make: AppPool) -> tuple[int, list[dict[str
 async def measure_capacity(b: Bench, name: str, systems: list[str]) -> dict[str, Any]:
     """Closed-loop capacity of ``systems`` (reference first) at the K found on the reference."""
     make = AppPool(app_maker(name, b.cfg.size, b.cfg.seed))
-    k, probes = await find_k(b, name, make)
+    make.ensure(8)
+    bound_s = (await b.bound(Workload(name, b.cfg.size, [Arrival(0.0, a) for a in make.apps])))["bound_s"]
+    k, probes = await find_k(b, name, make, bound_s)
     order = [b.reference()] + [s for s in systems if s != b.reference()]
     runs: dict[str, Any] = {}
-    guess = max((p["apps_per_s"] for p in probes), default=None)
     for sname in order:
-        runs[sname] = await closed_run(b, name, sname, make, k, rate_guess=guess and guess * 1.5)
-        guess = max(guess or 0.0, runs[sname]["apps_per_s"])
+        runs[sname] = await closed_run(b, name, sname, make, k, bound_s)
     return {
         "capacity_apps_per_s": {s: runs[s]["apps_per_s"] for s in order},
         "capacity_k": k,
@@ -213,7 +215,7 @@ def _passes(point: dict[str, Any], system: str) -> bool:
 
 SWEEP_KEYS = ("e2e_mean_s", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s", "apps", "apps_measured", "failed",
               "throughput_apps_per_s", "engine_utilization", "cached_token_ratio", "slo_ratio", "harness",
-              "cpu", "comparable", "not_comparable", "by_kind")
+              "cpu", "cpu_services_share", "warnings", "comparable", "not_comparable", "by_kind")
 
 
 def _sweep_entry(p: dict[str, Any]) -> dict[str, Any]:
