@@ -141,10 +141,11 @@ class Bench:
         busy = busy1 - busy0 if busy0 is not None and busy1 is not None else None
         return Run(sname, results, wall, busy, cpu, loop_lag, lag.gc_pauses_ms, closed)
 
-    def metrics(self, run: Run, workload: str, where: str,
-                measured: Sequence[AppResult] | None = None) -> dict[str, Any]:
+    def metrics(self, run: Run, workload: str, where: str, measured: Sequence[AppResult] | None = None,
+                record: bool = True) -> dict[str, Any]:
         """Latency and harness lag over ``measured`` (default: every app of the run), CPU
-        and loop lag over the whole run; why the run is not comparable, if it is not."""
+        and loop lag over the whole run; why the run is not comparable, if it is not (kept
+        for the summary's ``not_comparable`` unless ``record`` is false: K-search probes)."""
         ts = self.cfg.time_scale
         reported = list(measured if measured is not None else run.results)
         m = system_metrics(reported, ts)
@@ -171,6 +172,7 @@ class Bench:
         m["comparable"] = not why
         if why:
             m["not_comparable"] = [r.text() for r in why]
+        if why and record:
             self.verdicts.setdefault(workload, {}).setdefault(run.system, []).extend((r, where) for r in why)
         return m
 

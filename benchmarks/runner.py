@@ -130,7 +130,8 @@ def harness_note(cfg: BenchConfig) -> dict[str, Any]:
         "pinning": cfg.affinity.to_json() if cfg.affinity else None,
         "max_lag_ms": th.max_lag_ms,
         "max_cpu_share": th.max_cpu,
-        "lag": ("app start: actual - planned start; step send: request issued - inputs ready on the client "
-                "- rtt/2 (gateway DAG: submit issued - app start - rtt/2); p99 per run, engine ms"),
+        "lag": ("app start: actual - planned start; step send: request written - inputs ready on the client "
+                "- rtt/2 (gateway DAG: submit written - the later of the app's start and its inputs' finish "
+                "on the server - rtt/2); p99 over the apps whose latency is reported, engine ms"),
         "cpu": "psutil CPU time / wall time per process over each run, in cores (1.0 = one core busy)",
     }

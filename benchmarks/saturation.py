@@ -59,7 +59,7 @@ async def closed_run(b: Bench, name: str, sname: str, apps: AppPool, k: int, bou
     assert closed is not None
     window = closed.window
     measured = [r for r in run.results if r.error is None and window and window[0] < r.end <= window[1]]
-    m = b.metrics(run, name, f"capacity K={k}", measured)
+    m = b.metrics(run, name, f"capacity K={k}", measured, record=not search)
     tp = closed.throughput_wall
     m.update({"k": k, "apps_per_s": _r(tp * ts) if tp else 0.0,
               "window_s": _r((window[1] - window[0]) / ts) if window else None,
