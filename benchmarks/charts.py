@@ -116,7 +116,7 @@ def goodput_bars(summary: dict[str, Any], path: Path) -> Path | None:
     if not names:
         return None
     systems = summary.get("systems_run") or []
-    fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(names)), 4))
+    fig, ax = plt.subplots(figsize=(max(7, 2.2 * len(names)), 4.3))
     width = 0.8 / max(1, len(systems))
     for j, s in enumerate(systems):
         xs = [i + (j - (len(systems) - 1) / 2) * width for i in range(len(names))]
@@ -133,8 +133,8 @@ def goodput_bars(summary: dict[str, Any], path: Path) -> Path | None:
             ax.text(b.get_x() + b.get_width() / 2, v, txt, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(names)), names)
     ax.set_ylabel("apps per engine-second")
-    ax.set_title("Goodput at SLO (bars; ≥: met at every rate swept; *: not comparable);\n"
-                 f"closed-loop capacity (—); {summary.get('engine_label', '')}", fontsize=8)
+    ax.set_title("Goodput at SLO (bars) and closed-loop capacity (—)\n≥: SLO met at every rate swept; "
+                 f"*: not comparable\n{summary.get('engine_label', '')}", fontsize=7)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
