@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 COLORS = {"baseline": "#7f7f7f", "gateway-plain": "#1f77b4", "sglang-router": "#ff7f0e", "gateway": "#2ca02c"}
 
@@ -100,6 +101,8 @@ def latency_vs_load(summary: dict[str, Any], workload: str, path: Path) -> Path 
         lo, hi = ax.get_ylim()
         if lo > 0 and hi / lo > 10:  # latency past the knee grows without bound: log scale
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_title(f"{workload}: {what} latency vs load", fontsize=9)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{summary.get('engine_label', '')}, client RTT {summary.get('client_rtt_ms', 0):g} ms",
