@@ -10,7 +10,8 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from backends.sim.server import SimConfig, create_sim_app
+from backends.sim.app import create_sim_app
+from backends.sim.config import SimConfig
 from benchmarks.httpclient import AiohttpClient, HttpClient, HttpError
 from benchmarks.systems import _Sse
 from common.serving import UvicornThread, free_port
