@@ -97,6 +97,8 @@ def parser() -> argparse.ArgumentParser:
                     help="share of a core the load generator or a system's proxy may use (default 0.7)")
     p.add_argument("--concurrency", type=int, default=16, help="overhead benchmark: concurrent clients")
     p.add_argument("--requests", type=int, default=400, help="overhead benchmark: requests per system")
+    p.add_argument("--gateway-workers", type=int, default=2,
+                   help="overhead benchmark: also measure `serve --workers N` (1 = skip)")
     p.add_argument("--no-progress", action="store_true")
     return p
 

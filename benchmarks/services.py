@@ -110,7 +110,9 @@ class Services:
             except (httpx.HTTPError, ValueError):
                 continue
 
-    def start_gateway(self, extra: list[str] | None = None) -> None:
+    def start_gateway(self, extra: list[str] | None = None, name: str = "gateway") -> str:
+        """A parrot-gateway process over the engines and the shared Redis; its URL.
+        The first one started is ``self.gateway``."""
         if self.redis is None:
             self.redis = RedisServer().start()
         port = free_port()
@@ -118,9 +120,12 @@ class Services:
                "--redis", self.redis.url, "--backend-kind", "sglang", "--log-level", "warning"]
         for u in self.engines:
             cmd += ["--backend", u]
-        proc = self._spawn("gateway", cmd + list(extra or []))
-        self.gateway = f"http://127.0.0.1:{port}"
-        _wait_http(self.gateway + "/ready", proc, 60, "parrot-gateway")
+        proc = self._spawn(name, cmd + list(extra or []))
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url + "/ready", proc, 60, f"parrot-gateway ({name})")
+        if self.gateway is None:
+            self.gateway = url
+        return url
 
     def start_router(self) -> bool:
         """SGLang Model Gateway in front of the same engines; False (with a note) if absent."""

@@ -84,6 +84,10 @@ class Settings(BaseModel):
     balance_rel_threshold: float = Field(1.5, ge=1.0, description="Load ratio that overrides affinity.")
     # lifecycle
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period on SIGTERM.")
+    workers: int = Field(
+        1, ge=1, le=256,
+        description="Gateway processes sharing the port (each a replica over the same Redis).",
+    )
     log_level: str = Field("info", description="Log level.")
 
     @field_validator("backend", mode="before")
