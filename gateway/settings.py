@@ -62,7 +62,10 @@ class Settings(BaseModel):
         None, description="Cap on in-flight requests per engine (default: engine's capacity)."
     )
     engine_streaming: bool = Field(
-        True, description="Stream from engines even for non-streaming clients (prefill signal)."
+        False,
+        description="Stream from engines even for non-streaming clients: an exact first-token "
+                    "signal, at the CPU cost of parsing every token; off, the policy's learned "
+                    "estimate stands in for it.",
     )
     retry_budget: int = Field(2, ge=0, description="Retries on another engine before first token.")
     breaker_failures: int = Field(3, ge=1, description="Failures that open an engine's breaker.")
