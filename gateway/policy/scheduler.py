@@ -400,6 +400,8 @@ class Scheduler:
         for e, cached, held in cands:
             if cached and e is not lightest and self._imbalanced(e, lightest):
                 cached = 0  # too loaded to be worth its cache: scored as a plain engine
+            elif cached > held and e.load > lightest.load + self.config.home_slack:
+                cached = held  # a home is a tie-breaker between similar loads, not a pull
             uncached = max(0, n_tokens - cached)
             ranked.append((self._score(e, uncached, mt), -cached, e.key, e.order, held, e))
         ranked.sort(key=lambda r: r[:4])

@@ -53,6 +53,7 @@ class SchedulerConfig:
     # treated as held by its rendezvous-hash "home" engine, named by the hash of
     # its first ``home_blocks`` blocks (the same on every replica, no Redis trip).
     home_blocks: int = 8
+    home_slack: int = 2  # ... while its load is within this many requests of the lightest
     warmup_min_tokens: int = 256  # pending shared prefix that makes followers wait
     warmup_timeout_s: float = 30.0  # followers are released after this even without news
     # Hard override only: a prefix holder whose load (requests in flight, held or
