@@ -213,6 +213,9 @@ def _run_workloads(args: argparse.Namespace, workloads: list[str], systems: list
             console.print(f"[yellow]{svc.router_note}[/yellow]")
         if any(s.endswith("-2r") for s in systems) and not svc.start_replicas(2):
             console.print(f"[yellow]{svc.replicas_note}[/yellow]")
+        from .systems import VARIANTS
+
+        svc.start_variants({s: VARIANTS[s] for s in systems if s in VARIANTS})
         svc.pin()
         time.sleep(1.0)  # let freshly started processes settle (imports, first health checks)
         with PinnedHarness(cfg.affinity):

@@ -7,6 +7,7 @@ port with its log under the output directory.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -57,6 +58,7 @@ class Services:
     router: str | None = None
     router_note: str | None = None
     replicas: str | None = None  # HAProxy in front of gateway replicas (start_replicas)
+    variants: dict[str, str] = field(default_factory=dict)  # policy variant -> its gateway URL
     replicas_note: str | None = None
     model: str = "default"
     model_path: str | None = None
@@ -68,11 +70,13 @@ class Services:
 
     # -------------------------------------------------------------- start
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, cmd: list[str],
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **env} if env else None)
         self.procs.append((name, proc))
         return proc
 
@@ -112,9 +116,10 @@ class Services:
             except (httpx.HTTPError, ValueError):
                 continue
 
-    def start_gateway(self, extra: list[str] | None = None, name: str = "gateway") -> str:
-        """A parrot-gateway process over the engines and the shared Redis; its URL.
-        The first one started is ``self.gateway``."""
+    def start_gateway(self, extra: list[str] | None = None, name: str = "gateway",
+                      env: dict[str, str] | None = None) -> str:
+        """A parrot-gateway process over the engines and the shared Redis (``env``: its
+        ``PARROT_*`` settings); its URL. The first one started is ``self.gateway``."""
         if self.redis is None:
             self.redis = RedisServer().start()
         port = free_port()
@@ -122,7 +127,7 @@ class Services:
                "--redis", self.redis.url, "--backend-kind", "sglang", "--log-level", "warning"]
         for u in self.engines:
             cmd += ["--backend", u]
-        proc = self._spawn(name, cmd + list(extra or []))
+        proc = self._spawn(name, cmd + list(extra or []), env)
         url = f"http://127.0.0.1:{port}"
         _wait_http(url + "/ready", proc, 60, f"parrot-gateway ({name})")
         if self.gateway is None:
@@ -153,6 +158,11 @@ class Services:
         self.replicas = f"http://127.0.0.1:{port}"
         _wait_http(self.replicas + "/ready", proc, 30, "haproxy")
         return True
+
+    def start_variants(self, envs: dict[str, dict[str, str]]) -> None:
+        """One gateway process per policy variant (its settings in ``envs``)."""
+        for name, env in envs.items():
+            self.variants[name] = self.start_gateway(name=name, env=env)
 
     def start_router(self) -> bool:
         """SGLang Model Gateway in front of the same engines; False (with a note) if absent."""

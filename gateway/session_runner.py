@@ -265,6 +265,8 @@ class SessionRunner:
         values = await self._inputs(rec, run.deadline)
         engine_body = self._substituted(run.route, run.body, values)
         ctx.latency_critical, ctx.group = await self._analyse(rec)
+        if not self.settings.task_groups:
+            ctx.group = None
         ctx.request_id = rec.id
         shape = prompt_shape(run.route, engine_body, self.settings.prefix_block_bytes)
         ctx.prompt = shape

@@ -85,6 +85,25 @@ class Settings(BaseModel):
     warmup_min_tokens: int = Field(256, ge=1, description="Shared-prefix size that triggers warm-up.")
     balance_abs_threshold: int = Field(32, ge=0, description="In-flight gap that overrides affinity.")
     balance_rel_threshold: float = Field(1.5, ge=1.0, description="Load ratio that overrides affinity.")
+    # The scheduling mechanisms, each with a switch (the benchmarks' policy comparison
+    # turns them off one at a time to show what each earns).
+    app_order: bool = Field(
+        True, description="Older applications first: gateway queue order and engine priority."
+    )
+    task_groups: bool = Field(True, description="Siblings of a map stage leave together.")
+    app_window: int = Field(
+        8, ge=0, description="Applications an engine runs at once while prefill dominates (0 = off)."
+    )
+    prefill_budget_chunks: float = Field(
+        1.0, gt=0, description="Unprefilled tokens an engine may hold, in chunked-prefill sizes."
+    )
+    protect_latency: bool = Field(
+        True, description="Keep heavy throughput prefill off engines decoding latency work."
+    )
+    protect_duty: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Prefill share a protected engine still accepts throughput prefill below.",
+    )
     # lifecycle
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period on SIGTERM.")
     workers: int = Field(
