@@ -50,7 +50,8 @@ class RequestContext:
 
 def prompt_text(route: Route, body: JSON) -> str:
     if route == "chat":
-        return render_chat(body.get("messages") or [])
+        tools = body.get("tools")
+        return render_chat(body.get("messages") or [], tools=tools if isinstance(tools, list) else None)
     prompt = body.get("prompt")
     if isinstance(prompt, list):
         if prompt and isinstance(prompt[0], str):

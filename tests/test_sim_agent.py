@@ -90,7 +90,8 @@ def test_values_are_grounded_in_the_last_user_message() -> None:
     lit = Literals.of("What is magic_function(3) for 'Zoë Ltd' in Fahrenheit? (not 5000)")
     v = ValueGenerator(schema, random.Random(0), WORDS, lit).value()
     assert v == {"input": 3, "name": "Zoë Ltd", "unit": "fahrenheit"}
-    assert Literals.of("What's the weather in \"Paris\"?").strings == ["Paris"]  # an apostrophe is not a quote
+    # An apostrophe is not a quote.
+    assert Literals.of("What's the weather in \"Paris\"?").strings == ["Paris"]
 
 
 def test_bad_schemas_are_refused() -> None:

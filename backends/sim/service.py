@@ -78,8 +78,11 @@ class SimService:
     def submit(self, parsed: Parsed) -> list[Job]:
         """Queue ``n`` completions of each prompt; all or none (a bad one aborts the rest)."""
         total = len(parsed.prompts) * parsed.n
-        if parsed.rids is not None and len(parsed.rids) != total:
-            raise BadRequest(f"'rid' needs {total} ids, got {len(parsed.rids)}", param="rid")
+        rids = parsed.rids
+        if rids is not None and len(rids) == 1 and total > 1:  # SGLang: rid "r" -> "r_0", "r_1" ...
+            rids = [f"{rids[0]}_{k}" for k in range(total)]
+        if rids is not None and len(rids) != total:
+            raise BadRequest(f"'rid' needs {total} ids, got {len(rids)}", param="rid")
         s = parsed.sampling
         jobs: list[Job] = []
         try:
@@ -92,7 +95,7 @@ class SimService:
                     )
                 for j in range(parsed.n):
                     k = pi * parsed.n + j
-                    rid = parsed.rids[k] if parsed.rids else new_id()
+                    rid = rids[k] if rids else new_id()
                     gen = self.generation(prompt, s, j, parsed.agent)
                     lps = (token_logprobs(self.tok, gen.token_ids, parsed.logprobs)
                            if parsed.logprobs is not None else None)
