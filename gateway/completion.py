@@ -46,6 +46,7 @@ class RequestContext:
     weight: float = 1.0
     prompt: PromptShape | None = None  # already measured (semantic requests)
     app_started: float | None = None  # wall time its application (session) started
+    downstream_s: float = 0.0  # estimated work after it on its application's critical path
 
 
 def prompt_text(route: Route, body: JSON) -> str:
@@ -135,6 +136,7 @@ class Completions:
             session=ctx.session,
             weight=ctx.weight,
             avoid=avoid,
+            downstream_s=ctx.downstream_s,
             app_started=None if ctx.app_started is None
             else self.dispatcher.clock() - max(0.0, time.time() - ctx.app_started),
         )
