@@ -14,6 +14,7 @@ the whole chat conversation up to and including its output (what a later
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import re
 from collections.abc import Awaitable, Callable
@@ -72,6 +73,12 @@ class ResponseStore:
         self._redis = redis
         self.ttl_s = ttl_s
         self.prefix = prefix
+        self._writers: set[asyncio.Future[Any]] = set()
+
+    def keep(self, writer: asyncio.Future[Any]) -> None:
+        """Hold a background writer (an async turn's final save) until it is done."""
+        self._writers.add(writer)
+        writer.add_done_callback(self._writers.discard)
 
     def key(self, tenant: str, response_id: str) -> str | None:
         """The key of ``response_id`` for ``tenant``; None for an id no response can have."""

@@ -2,99 +2,34 @@
 
 ``POST`` translates the request to one chat completion (``responses_translate``),
 runs it through ``Completions`` like any other request (queued, placed, retried,
-accounted), and answers a response object or its event stream. Stored responses
-(``store`` defaults to true) live in Redis per tenant with the session TTL
-(``response_store``); ``previous_response_id`` continues one's conversation,
-``GET``/``DELETE /v1/responses/{id}`` read and remove one, and another tenant's
-id is a 404.
+accounted) — or, with ``X-Parrot-Session``, through the session runner
+(``responses_semantic``) — and answers a response object or its event stream.
+Stored responses (``store`` defaults to true) live in Redis per tenant with the
+session TTL (``response_store``); ``previous_response_id`` continues one's
+conversation, ``GET``/``DELETE /v1/responses/{id}`` read and remove one, and
+another tenant's id is a 404.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from common.errors import NotFound, ParrotError
+from common.errors import NotFound
 from common.serving import finished_before_disconnect
 from common.types import JSON
 
-from .completion import RequestContext
+from . import responses_semantic, session_http
 from .openai_routes import gateway_of
 from .response_store import StoredResponse
 from .responses import CLIENT_CLOSED, SSE_HEADERS, primed
-from .responses_schema import ResponsesBody, parse_responses_body
-from .responses_translate import (
-    EventStream,
-    chat_body,
-    from_chat,
-    input_messages,
-    new_id,
-    output_messages,
-    skeleton,
-)
-from .validation import ChatBody, parse_json, validate
-
-if TYPE_CHECKING:
-    from .auth import Principal
-    from .wiring import Gateway
-
-
-def sse_event(event: JSON) -> bytes:
-    return (f"event: {event['type']}\ndata: ".encode()
-            + json.dumps(event, separators=(",", ":")).encode() + b"\n\n")
-
-
-def _input_items(req: ResponsesBody) -> list[JSON]:
-    """This turn's input items as ``GET /v1/responses/{id}/input_items`` lists them."""
-    if isinstance(req.input, str):
-        items: list[JSON] = [{"type": "message", "role": "user", "status": "completed",
-                              "content": [{"type": "input_text", "text": req.input}]}]
-    else:
-        items = [i.model_dump(by_alias=True, exclude_none=True) for i in req.input]
-    return [{"id": i.get("id") or new_id("msg"), **i} for i in items]
-
-
-class _Turn:
-    """One create call: the parsed request, its chat body, and how to store its result."""
-
-    def __init__(self, gw: Gateway, principal: Principal, req: ResponsesBody,
-                 history: list[JSON], request_id: str) -> None:
-        self.gw, self.principal, self.req = gw, principal, req
-        self.chat = chat_body(req, history, stream=bool(req.stream))
-        validate(self.chat, ChatBody, max_messages=gw.settings.max_messages)
-        self.conversation = history + input_messages(req)
-        self.base = skeleton(req, new_id("resp"))
-        tenant = principal.tenant if gw.auth.enabled else req.user or principal.tenant
-        self.ctx = RequestContext(request_id=request_id, tenant=tenant, weight=principal.weight)
-
-    async def save(self, response: JSON) -> None:
-        if self.req.store is False:
-            return
-        record = StoredResponse(response, self.conversation + output_messages(response["output"]),
-                                _input_items(self.req))
-        await self.gw.responses.put(self.principal.tenant, record)
-
-    async def events(self, chunks: AsyncIterator[JSON]) -> AsyncIterator[bytes]:
-        stream = EventStream(self.base)
-        for ev in stream.start():
-            yield sse_event(ev)
-        try:
-            async for chunk in chunks:
-                for ev in stream.chunk(chunk):
-                    yield sse_event(ev)
-            closing, response = stream.finish()
-            for ev in closing:
-                yield sse_event(ev)
-            await self.save(response)
-            yield sse_event(stream.terminal(response))
-        except ParrotError as exc:
-            yield sse_event(stream.failed({"code": exc.code, "message": exc.message}))
+from .responses_schema import parse_responses_body
+from .responses_translate import from_chat
+from .responses_turn import Turn
+from .validation import parse_json
 
 
 async def create(request: Request) -> Response:
@@ -109,8 +44,11 @@ async def create(request: Request) -> Response:
             raise NotFound(f"Previous response with id '{req.previous_response_id}' not found.",
                            param="previous_response_id", code="previous_response_not_found")
         history = prev.conversation
-    turn = _Turn(gw, principal, req, history, request.state.request_id)
+    semantic = session_http.is_semantic(request.headers)
+    turn = Turn(gw, principal, req, history, request.state.request_id, semantic=semantic)
     await gw.limits.check_request(principal, turn.chat)
+    if semantic:
+        return await responses_semantic.create(gw, request, principal, turn)
     if req.stream:
         chunks = await primed(gw.completions.stream("chat", turn.chat, turn.ctx))
         return StreamingResponse(turn.events(chunks), media_type="text/event-stream",
@@ -130,24 +68,22 @@ async def create(request: Request) -> Response:
     return JSONResponse(response)
 
 
-async def _stored(request: Request) -> tuple[Gateway, Any, StoredResponse]:
+async def _stored(request: Request) -> StoredResponse:
     gw = gateway_of(request)
     principal = gw.principal(request)
     rid = request.path_params["response_id"]
     found = await gw.responses.get(principal.tenant, rid)
     if found is None:
         raise NotFound(f"Response with id '{rid}' not found.", param="response_id")
-    return gw, principal, found
+    return found
 
 
 async def retrieve(request: Request) -> Response:
-    _, _, found = await _stored(request)
-    return JSONResponse(found.response)
+    return JSONResponse((await _stored(request)).response)
 
 
 async def input_items(request: Request) -> Response:
-    _, _, found = await _stored(request)
-    items = found.input_items
+    items = (await _stored(request)).input_items
     return JSONResponse({"object": "list", "data": items, "has_more": False,
                          "first_id": items[0]["id"] if items else None,
                          "last_id": items[-1]["id"] if items else None})

@@ -6,6 +6,7 @@ and delete, tenant isolation, OpenAI-shaped errors."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -218,3 +219,52 @@ def test_metrics_count_the_route(stack: Stack) -> None:
     sdk(stack).responses.create(model="", input="count me")
     text = httpx.get(stack.url + "/metrics").text
     assert 'route="/v1/responses"' in text
+
+
+def test_semantic_variables_on_responses(stack: Stack) -> None:
+    """Placeholders in instructions and input, X-Parrot-Output, async answers whose stored
+    response completes later, streaming held for inputs, and chains whose history stays literal."""
+    c = sdk(stack)
+    api = httpx.Client(base_url=stack.url, headers={"Authorization": f"Bearer {KEY_A}"}, timeout=30)
+    assert api.put("/v1/sessions/resp-s1/variables/topic", json={"value": "parrots"}).status_code == 200
+
+    def sem(output: str, **extra: str) -> dict[str, str]:
+        return {"X-Parrot-Session": "resp-s1", "X-Parrot-Output": output, **extra}
+
+    essay = c.responses.create(model="", input="Write about {{topic}}.", instructions="You like {{topic}}.",
+                               extra_headers=sem("essay"))
+    assert (essay.model_extra or {})["parrot"]["status"] == "ready"
+    assert essay.usage is not None and essay.usage.input_tokens == prompt_tokens(
+        [{"role": "system", "content": "You like parrots."},
+         {"role": "user", "content": "Write about parrots."}])
+    assert api.get("/v1/sessions/resp-s1/variables/essay").json()["value"] == essay.output_text
+    # Async: answered at once, in progress; the stored response completes by itself.
+    summary = c.responses.create(model="", input="Summarize: {{essay}}", extra_headers=sem("summary", **{
+        "X-Parrot-Async": "1"}))
+    assert summary.status == "in_progress" and (summary.model_extra or {})["parrot"]["status"] == "pending"
+    with c.responses.stream(model="", input="A title for: {{summary}}", extra_headers=sem("title")) as s:
+        title = s.get_final_response()  # held until summary is ready, then streamed
+    value = api.get("/v1/sessions/resp-s1/variables/summary?wait=30").json()
+    assert value["status"] == "ready" and title.output_text
+    assert api.get("/v1/sessions/resp-s1/variables/title").json()["value"] == title.output_text
+    for _ in range(100):
+        done = c.responses.retrieve(summary.id)
+        if done.status != "in_progress":
+            break
+        time.sleep(0.05)
+    assert done.status == "completed" and done.output_text == value["value"]
+    # A chained semantic turn: earlier text with braces is literal, not a placeholder.
+    plain = c.responses.create(model="", input="literal {{braces}} here")
+    chained = c.responses.create(model="", input="now {{topic}}", previous_response_id=plain.id,
+                                 extra_headers={"X-Parrot-Session": "resp-s1", "X-Parrot-Timeout": "5"})
+    assert chained.status == "completed" and chained.usage is not None
+    assert chained.usage.input_tokens == prompt_tokens(
+        [{"role": "user", "content": "literal {{braces}} here"},
+         {"role": "assistant", "content": plain.output_text}, {"role": "user", "content": "now parrots"}])
+    then = c.responses.create(model="", input="more", previous_response_id=chained.id)
+    assert then.usage is not None and then.usage.input_tokens == prompt_tokens(
+        [{"role": "user", "content": "literal {{braces}} here"},
+         {"role": "assistant", "content": plain.output_text}, {"role": "user", "content": "now parrots"},
+         {"role": "assistant", "content": chained.output_text}, {"role": "user", "content": "more"}])
+    bad = api.post("/v1/responses", json={"input": "x {{"}, headers={"X-Parrot-Session": "bad id!"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "x-parrot-session"
