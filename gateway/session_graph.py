@@ -64,7 +64,7 @@ def graph_view(
     records: list[RequestRecord],
     variables: list[Variable],
     *,
-    block_tokens: int,
+    block_tokens: float,
     warmup_min_tokens: int,
 ) -> JSON:
     """The public session graph. ``objective`` and ``group`` are the analysis of the graph
@@ -75,7 +75,7 @@ def graph_view(
     objectives = graph.deduce_objectives() if records else {}
     groups = graph.task_groups() if records else {}
     # Stored block hashes stand in for tokens: groups share >= warmup_min_tokens.
-    min_blocks = max(1, warmup_min_tokens // block_tokens)
+    min_blocks = max(1, int(warmup_min_tokens // block_tokens))
     pgroups = prefix_groups(
         {r.id: r.prefix_hashes for r in records if r.prefix_hashes}, min_tokens=min_blocks, block=1
     )
@@ -98,7 +98,7 @@ def graph_view(
         "critical_path": path,
         "critical_path_s": bound,
         "prefix_groups": [
-            {"requests": g.members, "shared_tokens": g.shared_tokens * block_tokens}
+            {"requests": g.members, "shared_tokens": round(g.shared_tokens * block_tokens)}
             for g in pgroups
         ],
     }

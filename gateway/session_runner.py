@@ -266,9 +266,10 @@ class SessionRunner:
         engine_body = self._substituted(run.route, run.body, values)
         ctx.latency_critical, ctx.group = await self._analyse(rec)
         ctx.request_id = rec.id
-        shape = prompt_shape(run.route, engine_body, self.settings.prefix_block_tokens)
+        shape = prompt_shape(run.route, engine_body, self.settings.prefix_block_bytes)
         ctx.prompt = shape
-        rec.status, rec.ready_at, rec.prompt_tokens = "queued", time.time(), shape.tokens
+        rec.status, rec.ready_at = "queued", time.time()
+        rec.prompt_tokens = self.completions.estimate.tokens(shape.nbytes)
         rec.prefix_hashes = list(shape.hashes[:PREFIX_HASH_BLOCKS])
         rec.criteria_effective = "latency" if ctx.latency_critical else "throughput"
         rec.group = ctx.group
@@ -429,6 +430,7 @@ class SessionRunner:
             raise NotFound(f"session '{session}' not found", code="session_not_found")
         variables = await self.store.list_variables(tenant, session)
         return graph_view(
-            session, records, variables, block_tokens=self.settings.prefix_block_tokens,
+            session, records, variables,
+            block_tokens=self.settings.prefix_block_bytes / self.completions.estimate.bytes_per_token,
             warmup_min_tokens=self.settings.warmup_min_tokens,
         )

@@ -77,7 +77,7 @@ def build_gateway(
     dispatcher = Dispatcher(policy, pool, metrics, retry_budget=settings.retry_budget)
     completions = Completions(
         pool, dispatcher, metrics, stream_internally=settings.engine_streaming,
-        block_tokens=settings.prefix_block_tokens,
+        block_bytes=settings.prefix_block_bytes,
     )
     url = redis_url or settings.redis
     if not url:

@@ -162,3 +162,36 @@ def test_set_group_joins_queued_siblings_late() -> None:
     s.on_finish("busy0", 0.2)
     s.on_finish("busy1", 0.2)
     assert sorted(ids(s.schedule(0.2))) == ["m0", "m1"]  # the group leaves together
+
+
+def test_replicas_route_a_new_prefix_to_the_same_home_engine() -> None:
+    names = [f"http://10.0.0.{i}:30000" for i in range(4)]
+
+    def replica(order: list[str]) -> Scheduler:
+        s = Scheduler(SchedulerConfig())
+        for n in order:
+            s.add_engine(n, 64, None, 0.0, chunk_tokens=8192)
+        return s
+
+    r1, r2 = replica(names), replica(list(reversed(names)))
+    homes = []
+    for p in range(40):
+        j1 = job(f"r1-{p}", 600, seed=p)
+        j2 = job(f"r2-{p}", 600, seed=p)  # the same prompt, sent to the other replica
+        r1.submit(j1, 0.0)
+        r2.submit(j2, 0.0)
+        (d1,) = r1.schedule(0.0)
+        (d2,) = r2.schedule(0.0)
+        assert d1.engine == d2.engine
+        homes.append(d1.engine)
+        r1.on_finish(d1.job_id, 0.0)
+        r2.on_finish(d2.job_id, 0.0)
+    assert len(set(homes)) == 4  # different prefixes spread over the engines
+
+
+def test_least_attained_service_ranks_inferred_programs() -> None:
+    s = sched(capacity=1)
+    s.submit(job("long-program", attained=50_000.0, app="p1"), 1.0)
+    s.submit(job("short-program", attained=300.0, app="p2"), 1.1)
+    s.submit(job("fresh-program", attained=0.0, app="p3"), 1.2)
+    assert ids(s.schedule(1.2)) == ["fresh-program"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from analysis.tokenizer import TOKENIZERS
+
 from .config import BANNER, SimConfig
 from .profiles import DEFAULT_PROFILE, PROFILES
 from .textgen import EOS_AFTER
@@ -39,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
                          "/flush_cache ..., rid/priority ignored, no cached-token details)")
     ap.add_argument("--model", default="sim-llama-3-8b", help="served model name")
     ap.add_argument("--model-path", default=None, help="tokenizer directory to report/create")
+    ap.add_argument("--tokenizer", choices=TOKENIZERS, default="cl100k",
+                    help="how the engine counts tokens (bytes: one per UTF-8 byte)")
     ap.add_argument("--log-level", default="info")
     return ap
 
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                        kv_capacity_tokens=a.kv_capacity_tokens,
                        chunked_prefill_size=a.chunked_prefill_size, seed=a.seed,
                        model=a.model, host=a.host, port=a.port, model_path=a.model_path,
-                       eos_after=a.eos_after, api=a.api)
+                       eos_after=a.eos_after, tokenizer=a.tokenizer, api=a.api)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     app = create_sim_app(config)
     print(f"*** {BANNER} ***\n*** listening on http://{a.host}:{a.port} "

@@ -29,6 +29,9 @@ class SimConfig:
     port: int = 30000
     model_path: str | None = None
     """Tokenizer directory reported as ``model_path``; default: a generated cache dir."""
+    tokenizer: str = "cl100k"
+    """``cl100k`` or ``bytes`` (one token per UTF-8 byte): a deployment whose tokenizer
+    is not the one anybody assumed (the gateway must not depend on it)."""
     eos_after: tuple[int, int] = EOS_AFTER
     """Without ``ignore_eos`` a sequence emits EOS after this many tokens (inclusive range;
     the exact count is drawn from prompt and seed)."""

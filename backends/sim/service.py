@@ -43,7 +43,7 @@ class SimService:
     def __init__(self, config: SimConfig, tokenizer: Tokenizer | None = None) -> None:
         self.config = config
         self.engine_config = config.engine_config()
-        self.tok = tokenizer or get_tokenizer()
+        self.tok = tokenizer or get_tokenizer(config.tokenizer)
         self.model_path = str(ensure_tokenizer_dir(config.model_path))
         self.engine = Engine(self.engine_config)
         self.runner = Runner(self.engine, config.time_scale)

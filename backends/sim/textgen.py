@@ -145,6 +145,8 @@ def _vocab(tok: Tokenizer) -> _Vocab:
         ids = tok.encode(" " + w)
         if len(ids) == 1:
             words.append(ids[0])
+    if not words:  # a byte-level tokenizer: words are letters
+        words = [t for c in "etaoinshrdlucmfwyp " for t in tok.encode(c)]
     period = tok.encode(".")
     comma = tok.encode(",")
     period_id = period[0] if len(period) == 1 else words[0]

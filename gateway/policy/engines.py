@@ -15,6 +15,7 @@ import heapq
 import math
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from hashlib import blake2b
 
 LATENCY = 0
 THROUGHPUT = 1
@@ -45,6 +46,7 @@ class EngineState:
     latency_inflight: int = 0  # latency-class jobs in flight
     prefilling: int = 0  # jobs in flight whose first token has not come yet
     apps: dict[str, int] = field(default_factory=dict)  # application -> jobs in flight
+    name_hash: int = 0  # stable 64-bit hash of the name (rendezvous hashing)
     prefill_rate: float = 0.0  # uncached tokens sent per second (decaying average)
     rate_at: float = 0.0  # when prefill_rate was last updated
 
@@ -124,6 +126,7 @@ class EngineTable:
         else:
             self._order += 1
             e = EngineState(name, 1, 1, kv_capacity, self._order, self._external_work)
+            e.name_hash = int.from_bytes(blake2b(name.encode(), digest_size=8).digest(), "little")
             self.engines[name] = e
         e.base_capacity, e.kv_capacity = max(1, capacity), kv_capacity
         if chunk_tokens:

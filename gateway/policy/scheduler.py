@@ -18,9 +18,11 @@ work) and places every job it can:
       score   = own + harm + compute                            # ties: more cached tokens
 
   so a shared prefix keeps its jobs together until joining the busier engine
-  costs more than recomputing the prefix elsewhere; a prefix's consistent-hash
-  home engine (``Job.home``, the same on every replica) counts as holding it
-  when this replica has not seen it yet. A holder loaded beyond both balance
+  costs more than recomputing the prefix elsewhere. A prefix this replica has
+  not seen yet counts as held by its *home*: the engine with the highest
+  rendezvous hash of its first ``home_blocks`` blocks, which every replica
+  computes alike, so replicas route a new prefix to the same engine without
+  talking to each other. A holder loaded beyond both balance
   thresholds relative to the least-loaded engine is never a candidate;
 - the siblings of a task group leave together, longest first, each placed by
   the same score, which spreads them and still honours a shared prefix;
@@ -53,6 +55,7 @@ _SCAN_ALL = 16  # with at most this many engines, every one is a candidate
 class _Rec:
     job: Job
     hashes: tuple[int, ...]
+    tpb: float  # estimated tokens per hash block
     state: str = _QUEUED
     engine: str | None = None  # in flight: where; held: where the leader runs
     leader: str | None = None  # held: the job we wait for
@@ -73,7 +76,6 @@ class Scheduler:
 
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         self.config = cfg = config or SchedulerConfig()
-        self._block = cfg.block_tokens
         self._engines = EngineTable(cfg.latency_reserve_frac, cfg.external_request_work)
         self._index = PrefixIndex(cfg.block_tokens)
         self._queue = FairQueue(cfg.max_wait_s)
@@ -144,12 +146,17 @@ class Scheduler:
         """Queue a ready job. Ids must be unique among live jobs."""
         if job.id in self._recs:
             raise ValueError(f"job {job.id!r} already submitted")
-        rec = _Rec(job, job.prefix_hashes)
+        tpb = job.block_tokens if job.block_tokens > 0 else float(self.config.block_tokens)
+        rec = _Rec(job, job.prefix_hashes, tpb)
         self._recs[job.id] = rec
         cost = job.prompt_tokens * self.config.prefill_token_weight + job.max_tokens
-        started = job.app_started if job.app_started is not None else now
+        if job.attained is not None:
+            order: tuple[float, ...] = (0.0, job.attained, now)  # least attained service first
+        else:
+            started = job.app_started if job.app_started is not None else now
+            order = (1.0, started, -job.downstream_s)
         self._queue.push(job.id, job.tenant, job.weight, cost, job.latency_critical, now,
-                         order=(started, -job.downstream_s))
+                         order=order)
         if job.group is not None:
             self._groups.setdefault(job.group, {})[job.id] = None
 
@@ -206,7 +213,7 @@ class Scheduler:
         if ok or rec.prefill_done:
             self._release(rec)
             if cached_tokens is not None:
-                self._index.observe(engine, rec.hashes, cached_tokens, rec.expected)
+                self._index.observe(engine, rec.hashes, cached_tokens, rec.expected, rec.tpb)
         else:
             self._release(rec, abort=True)
 
@@ -283,7 +290,7 @@ class Scheduler:
             target = table.get(job.pin_engine)
             if target is None or not target.fits(kv, cls):
                 return False
-            cached = self._index.match(target.name, rec.hashes).resident * self._block
+            cached = int(self._index.match(target.name, rec.hashes).resident * rec.tpb)
             if self._refuse(rec, target, cls, cached):
                 return False
         else:
@@ -295,12 +302,12 @@ class Scheduler:
                 return False
             target = chosen
         m = self._index.match(target.name, rec.hashes)
-        if m.pending and m.pending * self._block >= self.config.warmup_min_tokens:
+        if m.pending and m.pending * rec.tpb >= self.config.warmup_min_tokens:
             leader = self._recs.get(m.leader or "")
             if leader is not None and leader.state == _INFLIGHT and leader is not rec:
                 self._hold(rec, leader, target, now)
                 return True
-        self._dispatch(rec, target, cls, m.resident * self._block, out, now)
+        self._dispatch(rec, target, cls, int(m.resident * rec.tpb), out, now)
         return True
 
     def _refuse(self, rec: _Rec, e: EngineState, cls: int, cached: int) -> bool:
@@ -316,37 +323,59 @@ class Scheduler:
 
     def _candidates(
         self, rec: _Rec, cls: int, kv: int, avoid: frozenset[str]
-    ) -> list[tuple[EngineState, int]]:
-        """Engines that could take the job (slots, KV), with the tokens they hold."""
+    ) -> list[tuple[EngineState, int, int]]:
+        """Engines that could take the job (slots, KV), with the tokens they are
+        believed to hold: for scoring (the home's hint included) and for real."""
         table = self._engines
         engines = table.engines
         cached_on: dict[str, int] = {}
         seen = 0
         for depth, holders in self._index.levels(rec.hashes):
-            cached = depth * self._block
+            cached = int(depth * rec.tpb)
             if cached < self.config.affinity_min_tokens or seen >= _MAX_HOLDER_SCAN:
                 break
             for name in holders:
                 if name not in cached_on:
                     cached_on[name] = cached
                     seen += 1
-        home = rec.job.home
-        if home is not None and home not in cached_on and not cached_on and home in engines:
-            # Nobody here has seen this prefix; its consistent-hash home (the same on
-            # every replica) is where another replica sent it: treat it as held.
-            cached_on[home] = len(rec.hashes) * self._block
+        hint: dict[str, int] = {}
+        if not cached_on:
+            home = self._home(rec.hashes, avoid)
+            if home is not None:
+                # Nobody here has seen this prefix; its home (the same on every
+                # replica) is where another replica sent it: score it as held.
+                blocks = min(len(rec.hashes), self.config.home_blocks)
+                hint[home] = int(blocks * rec.tpb)
         if len(engines) <= _SCAN_ALL:
             pool = list(engines.values())
         else:
-            pool = [engines[n] for n in cached_on if n in engines]
+            names = dict.fromkeys([*cached_on, *hint])
+            pool = [engines[n] for n in names if n in engines]
             least = table.least_loaded(cls, kv, avoid)
-            if least is not None and least.name not in cached_on:
+            if least is not None and least.name not in names:
                 pool.append(least)
         return [
-            (e, cached_on.get(e.name, 0))
+            (e, cached_on.get(e.name, 0) or hint.get(e.name, 0), cached_on.get(e.name, 0))
             for e in pool
             if e.name not in avoid and e.fits(kv, cls)
         ]
+
+    def _home(self, hashes: tuple[int, ...], avoid: frozenset[str]) -> str | None:
+        """Rendezvous (highest random weight) hash of the prompt's leading blocks over
+        the healthy engines: stable across replicas and processes."""
+        k = self.config.home_blocks
+        if k <= 0 or len(hashes) < k:
+            return None
+        key = hashes[k - 1]
+        best, best_w = None, -1
+        for e in self._engines.engines.values():
+            if not e.healthy or e.name in avoid:
+                continue
+            w = ((key ^ e.name_hash) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+            w ^= w >> 29
+            if w > best_w:
+                best, best_w = e.name, w
+        return best
 
     def _choose(
         self, rec: _Rec, cls: int, kv: int, avoid: frozenset[str]
@@ -355,18 +384,18 @@ class Scheduler:
         cands = self._candidates(rec, cls, kv, avoid)
         if not cands:
             return None
-        lightest = min((e for e, _ in cands), key=lambda e: (e.load, e.order))
+        lightest = min((c[0] for c in cands), key=lambda e: (e.load, e.order))
         n_tokens = rec.job.prompt_tokens
         mt = rec.job.max_tokens
         ranked = []
-        for e, cached in cands:
+        for e, cached, held in cands:
             if cached and e is not lightest and self._imbalanced(e, lightest):
                 cached = 0  # too loaded to be worth its cache: scored as a plain engine
             uncached = max(0, n_tokens - cached)
-            ranked.append((self._score(e, uncached, mt), -cached, e.key, e.order, e))
+            ranked.append((self._score(e, uncached, mt), -cached, e.key, e.order, held, e))
         ranked.sort(key=lambda r: r[:4])
-        for _, neg_cached, _, _, e in ranked:
-            if not self._refuse(rec, e, cls, -neg_cached):
+        for *_, held, e in ranked:
+            if not self._refuse(rec, e, cls, held):
                 return e
         return None
 

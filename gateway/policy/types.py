@@ -25,8 +25,12 @@ class Job:
     avoid: frozenset[str] = frozenset()  # engines not to use (retries after failure)
     app_started: float | None = None  # when its application (session) started, same clock as now
     prefix_hashes: tuple[int, ...] = ()  # chained block hashes of the prompt (analysis.prefix)
+    block_tokens: float = 0.0  # estimated tokens per hash block (0: the config's block_tokens)
     downstream_s: float = 0.0  # estimated work after it on its application's critical path
-    home: str | None = None  # engine the prefix's consistent hash picks (shared across replicas)
+    # Service its application has received so far (tokens), for programs inferred
+    # from plain traffic: when set, the least-served application goes first inside
+    # the tenant (least attained service) instead of the oldest.
+    attained: float | None = None
 
 
 @dataclass
@@ -43,7 +47,11 @@ class Dispatch:
 class SchedulerConfig:
     """Knobs of the policy. ``from_settings`` maps the gateway Settings onto it."""
 
-    block_tokens: int = 32  # tokens per prefix-hash block (estimated where hashes are of text)
+    block_tokens: int = 32  # tokens per prefix-hash block when a job does not estimate its own
+    # Consistent routing across replicas: a prefix nobody here has seen yet is
+    # treated as held by its rendezvous-hash "home" engine, named by the hash of
+    # its first ``home_blocks`` blocks (the same on every replica, no Redis trip).
+    home_blocks: int = 8
     warmup_min_tokens: int = 256  # pending shared prefix that makes followers wait
     warmup_timeout_s: float = 30.0  # followers are released after this even without news
     # Hard override only: a prefix holder whose load (requests in flight, held or
