@@ -14,7 +14,7 @@ import pytest
 from pydantic import BaseModel, Field
 
 from gateway.redis_server import RedisServer
-from gateway.testing import Stack, start_stack
+from gateway.testing import Stack, start_gateway, start_stack
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -34,14 +34,19 @@ SCHEMAS = {"get_weather": WEATHER_PARAMS, "add": ADD_PARAMS}
 
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer) -> Iterator[Stack]:
-    s = start_stack(redis_server.url, engines=2, time_scale=0.01, sim={"eos_after": (4, 16)})
+    """Two engines; the main gateway streams from them for non-streaming clients too (so its
+    answers are assembled from tool-call deltas), a second one makes plain engine calls."""
+    s = start_stack(redis_server.url, engines=2, time_scale=0.01, sim={"eos_after": (4, 16)},
+                    engine_streaming=True)
+    s.extra_gateways.append(start_gateway(redis_server.url, s.engine_urls, engine_streaming=False))
     yield s
     s.stop()
 
 
-@pytest.fixture(scope="module")
-def client(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=stack.url + "/v1", api_key="unused", max_retries=0)
+@pytest.fixture(scope="module", params=["assembled", "direct"])
+def client(stack: Stack, request: pytest.FixtureRequest) -> openai.OpenAI:
+    url = stack.url if request.param == "assembled" else stack.extra_gateways[0].url
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
 
 
 def run_tool(name: str, args: dict[str, Any]) -> str:

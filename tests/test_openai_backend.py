@@ -14,15 +14,20 @@ import openai
 import pytest
 
 from gateway.redis_server import RedisServer
-from gateway.testing import Stack, start_stack
+from gateway.testing import Stack, start_gateway, start_stack
 
 pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture(scope="module")
 def stack(redis_server: RedisServer) -> Iterator[Stack]:
+    """The gateway streams from the engines even for non-streaming clients (the path that
+    must ask OpenAI engines for usage); a second one makes plain engine calls."""
     s = start_stack(redis_server.url, engines=2, time_scale=0.01,
-                    sim={"api": "openai", "eos_after": (4, 16)}, backend_kind="openai")
+                    sim={"api": "openai", "eos_after": (4, 16)}, backend_kind="openai",
+                    engine_streaming=True)
+    s.extra_gateways.append(start_gateway(redis_server.url, s.engine_urls, backend_kind="openai",
+                                          engine_streaming=False))
     yield s
     s.stop()
 
@@ -133,3 +138,14 @@ def test_errors(client: openai.OpenAI, stack: Stack) -> None:
     assert r.status_code == 400 and r.json()["error"]["param"] == "messages"
     g = httpx.post(stack.url + "/generate", json={"text": "hi"})
     assert g.status_code == 404 and "--backend-kind openai" in g.json()["error"]["message"]
+
+
+def test_direct_engine_calls_keep_usage_and_tool_calls(stack: Stack) -> None:
+    c = openai.OpenAI(base_url=stack.extra_gateways[0].url + "/v1", api_key="unused", max_retries=0)
+    r = c.chat.completions.create(model="", messages=MSG, max_tokens=9, extra_body={"ignore_eos": True})
+    assert r.usage is not None and r.usage.completion_tokens == 9
+    tools: Any = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    t = c.chat.completions.create(model="", messages=[{"role": "user", "content": "weather in 'Bern'?"}],
+                                  tools=tools)
+    assert json.loads((t.choices[0].message.tool_calls or [])[0].function.arguments) == {"city": "Bern"}
