@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backends.base import Engine
 from common.errors import ParrotError
 
-from . import logs, openai_routes, session_routes
+from . import generate_route, logs, openai_routes, responses_api, session_routes
 from .metrics import Metrics
 from .settings import Settings
 from .wiring import Gateway, build_gateway
@@ -108,7 +108,10 @@ def _route_label(scope: Scope) -> str:
         return "/v1/sessions/{sid}/variables" if "/variables/" in path else "/v1/sessions/{sid}"
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
-    known = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"}
+    if path.startswith("/v1/responses/"):
+        return "/v1/responses/{id}"
+    known = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/responses", "/generate",
+             "/get_model_info", "/health", "/ready", "/metrics"}
     return path if path in known else "other"
 
 
@@ -167,6 +170,8 @@ def create_app(
         Route("/v1/completions", openai_routes.completions, methods=["POST"]),
         Route("/v1/models", openai_routes.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", openai_routes.get_model, methods=["GET"]),
+        *responses_api.routes,
+        *generate_route.routes,
         *session_routes.routes,
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),

@@ -69,6 +69,8 @@ class EngineRejectedError(ParrotError):
 
 
 def _has_output(chunk: JSON) -> bool:
+    if "meta_info" in chunk:  # SGLang /generate: every streamed item carries output so far
+        return True
     for c in chunk.get("choices") or ():
         delta = c.get("delta") or {}
         if c.get("text") or delta.get("content") or delta.get("tool_calls") or c.get("finish_reason"):
@@ -238,7 +240,7 @@ class Dispatcher:
                 raise
             finally:
                 eta.cancel()
-            usage = Usage.from_openai(body.get("usage"))
+            usage = Usage.of_chunk(body)
             self.pool.record_success(d.engine)
             self.finish(d.job_id, cached_tokens=usage.cached_tokens if usage else None)
             return Outcome(d.engine, body, usage, started - t0, self.clock() - started)
@@ -279,7 +281,7 @@ class Dispatcher:
                         prefilled = True
                         self.prefill_done(job.id)
                         self.metrics.ttft.observe(self.clock() - t0)
-                    usage = Usage.from_openai(chunk.get("usage"))
+                    usage = Usage.of_chunk(chunk)
                     if usage is not None:
                         cached = usage.cached_tokens
                     yield chunk
