@@ -44,6 +44,7 @@ class Outcome:
     usage: Usage | None
     queued_s: float
     run_s: float
+    ttft_s: float | None = None  # call start to first generated token (streamed calls)
 
 
 class Restart:
@@ -68,7 +69,7 @@ class EngineRejectedError(ParrotError):
             self.code = body["error"].get("code") or self.code
 
 
-def _has_output(chunk: JSON) -> bool:
+def has_output(chunk: JSON) -> bool:
     for c in chunk.get("choices") or ():
         delta = c.get("delta") or {}
         if c.get("text") or delta.get("content") or delta.get("tool_calls") or c.get("finish_reason"):
@@ -253,7 +254,7 @@ class Dispatcher:
                         first = False
                         if on_start is not None:
                             on_start(d.engine, started - t0)
-                    if not prefilled and _has_output(chunk):
+                    if not prefilled and has_output(chunk):
                         # The first generated token, not the role-only opening chunk
                         # some servers send at once, marks the end of prefill.
                         prefilled = True

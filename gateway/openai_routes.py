@@ -46,6 +46,7 @@ async def _completion(request: Request, route: Route) -> Response:
         sid = request.headers.get("x-parrot-session", "")
         if is_session_id(sid):  # a bad id is refused with 400 by sessions.handle
             await gw.limits.admit_session(principal, sid, gw.settings.session_ttl_s)
+            await gw.index.touch(principal.tenant, sid)
         return await gw.sessions.handle(request, route, body, principal)
     tenant = principal.tenant if gw.auth.enabled else str(body.get("user") or principal.tenant)
     ctx = RequestContext(request_id=rid, tenant=tenant, weight=principal.weight)

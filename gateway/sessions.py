@@ -427,6 +427,7 @@ class Sessions:
                                      code="deadline_exceeded") from exc
             assert outcome.body is not None
             started = t0 + outcome.queued_s
+            rec.first_token_at = None if outcome.ttft_s is None else t0 + outcome.ttft_s
             await self._finish(rec, route, choice_text(route, outcome.body), outcome.engine,
                                outcome.usage, started)
             return {**outcome.body, "parrot": self._parrot(rec, "ready")}
@@ -462,6 +463,7 @@ class Sessions:
                     route, engine_body, ctx, on_start=on_start, on_usage=usage_seen.append
                 ):
                     parts.append(chunk_text(route, chunk))
+                    rec.first_token_at = rec.first_token_at or (time.time() if parts[-1] else None)
                     queue.put_nowait(chunk)
                 await self._finish(rec, route, "".join(parts), engine_seen[0] if engine_seen else "",
                                    usage_seen[-1] if usage_seen else None, started[0])
@@ -544,6 +546,7 @@ class Sessions:
                     "created_at": r.created_at,
                     "ready_at": r.ready_at,
                     "started_at": r.started_at,
+                    "first_token_at": r.first_token_at,
                     "finished_at": r.finished_at,
                 }
                 for r in sorted(records, key=lambda r: r.created_at)

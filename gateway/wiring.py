@@ -24,6 +24,7 @@ from .limits import RateLimiter
 from .metrics import Metrics
 from .notifier import Notifier
 from .policy import SchedulerConfig, make_scheduler
+from .session_index import SessionIndex
 from .sessions import Sessions
 from .settings import Settings
 from .store import SessionStore
@@ -42,6 +43,7 @@ class Gateway:
     auth: Authenticator
     limits: RateLimiter
     metrics: Metrics
+    index: SessionIndex
     draining: bool = False
 
     def principal(self, request: Request) -> Principal:
@@ -109,6 +111,7 @@ def build_gateway(
         auth=Authenticator.from_file(settings.api_keys),
         limits=RateLimiter(redis),
         metrics=metrics,
+        index=SessionIndex(redis, store, ttl_s=settings.session_ttl_s, keep=settings.ui_recent_sessions),
     )
 
 
