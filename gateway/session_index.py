@@ -46,6 +46,7 @@ class SessionIndex:
         keep: int = 200,
         touch_every_s: float = 5.0,
         clock: Callable[[], float] = time.time,
+        on_new: Callable[[], object] | None = None,
     ) -> None:
         self._redis = redis
         self._store = store
@@ -53,6 +54,7 @@ class SessionIndex:
         self.keep = keep
         self.touch_every_s = touch_every_s
         self._clock = clock
+        self._on_new = on_new  # called once per session new to the index (ZADD added it)
         self._touched: OrderedDict[tuple[str, str], float] = OrderedDict()
 
     def key(self, tenant: str) -> str:
@@ -75,10 +77,13 @@ class SessionIndex:
                 pipe.zremrangebyscore(key, "-inf", now - self.ttl_s)
                 pipe.zremrangebyrank(key, 0, -self.keep - 1)
                 pipe.expire(key, int(self.ttl_s) + 1)
-                await pipe.execute()
+                added, *_ = await pipe.execute()
         except (RedisError, OSError) as exc:
             self._touched.pop((tenant, session), None)
             log.warning("could not index session activity (%s)", type(exc).__name__)
+            return
+        if added and self._on_new is not None:
+            self._on_new()
 
     async def forget(self, tenant: str, session: str) -> None:
         self._touched.pop((tenant, session), None)

@@ -111,7 +111,8 @@ def build_gateway(
         auth=Authenticator.from_file(settings.api_keys),
         limits=RateLimiter(redis),
         metrics=metrics,
-        index=SessionIndex(redis, store, ttl_s=settings.session_ttl_s, keep=settings.ui_recent_sessions),
+        index=SessionIndex(redis, store, ttl_s=settings.session_ttl_s, keep=settings.ui_recent_sessions,
+                           on_new=metrics.sessions.inc),
     )
 
 
