@@ -118,10 +118,11 @@ class SessionIndex:
                 gone.append(sid)
                 continue
             m = {_s(k): _s(v) for k, v in meta.items()}
+            created = float(m.get("created", score))
             out.append({
                 "session": sid,
-                "last_active": float(score),
-                "created": float(m.get("created", score)),
+                "last_active": max(float(score), created),  # touched just before creation
+                "created": created,
                 "deadline": float(m["deadline"]) if "deadline" in m else None,
                 "requests": int(n_reqs),
                 "variables": int(n_vars),
