@@ -38,15 +38,19 @@ function apply(payload) {
   const t = performance.now();
   const { structure, changed } = model.update(payload);
   if (structure) stats.lastLayoutMs = model.layoutMs;
+  const t1 = performance.now();
   dag.setModel(model, structure);
   const critical = new Set(model.critical);
   const requests = [...model.requests.values()];
   gantt.setData(ganttRows(requests, payload.now), critical);
+  const t2 = performance.now();
   list.setRequests(requests, critical);
   summary();
   if (selected && (changed.has(selected) || structure)) details(selected);
   document.body.dataset.state = 'live';
-  stats.lastApplyMs = performance.now() - t;
+  const t3 = performance.now();
+  stats.lastApplyMs = t3 - t;
+  stats.breakdown = { model: t1 - t, views: t2 - t1, list: t3 - t2 };
   return { structure, changed: changed.size };
 }
 
@@ -248,5 +252,10 @@ function legend() {
   }
 }
 
-window.parrotView = { model, apply, flush, stats, dag, gantt, list, snapshot: () => model.snapshot() };
+// For tests and measurements: the model, a synchronous apply/draw, and a way to stop polling.
+window.parrotView = {
+  model, apply, flush, stats, dag, gantt, list,
+  snapshot: () => model.snapshot(),
+  stop: () => { stopped = true; },
+};
 poll();
