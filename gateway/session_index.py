@@ -10,7 +10,9 @@ refreshes its own TTL, so it never outgrows what it indexes. Touches are
 throttled per process (a session seen ``touch_every_s`` ago is not written
 again) and best effort: the index only feeds a listing, so a Redis hiccup is
 logged and never fails the request that touched it. Sessions deleted or
-expired since are filtered out (and dropped) when the list is read.
+expired since are filtered out (and dropped) when the list is read. A session
+new to the index (``ZADD`` added it, on whichever replica) calls ``on_new``:
+the gateway counts it in ``parrot_sessions_total``.
 """
 
 from __future__ import annotations

@@ -48,6 +48,7 @@ def browser() -> Iterator[Any]:
     profile = tempfile.mkdtemp(prefix="parrot-chromium-")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     for flag in [*FLAGS, f"--user-data-dir={profile}"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
@@ -195,6 +196,11 @@ def test_live_session_view(browser: Any, live: Stack, tmp_path: Path) -> None:
             assert bars[q["id"]]["phases"] == ["queue", "prefill", "decode"]
             assert bars[q["id"]]["cached"] is not None
 
+    # The page ran without a script error or a refused resource (CSP, 404).
+    problems = [e["message"] for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    assert problems == []
+
+    browser.execute_script("parrotView.dag.fit(); parrotView.flush()")  # the whole DAG
     time.sleep(0.3)
     shot = tmp_path / "session-view.png"
     assert browser.save_screenshot(str(shot))

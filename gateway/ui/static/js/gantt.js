@@ -37,7 +37,7 @@ export class GanttView {
     this.data = data;
     this.critical = critical;
     let y = AXIS_H;
-    for (const row of data.rows) { row.y = y; row.h = row.lanes * LANE + ROW_GAP; y += row.h; }
+    for (const row of data.rows) { row.y = y; row.h = Math.max(32, row.lanes * LANE + ROW_GAP); y += row.h; }
     this.contentH = y;
     if (this.follow) this._fitTime();
     this.invalidate();
@@ -210,7 +210,7 @@ export class GanttView {
         ctx.fillStyle = '#0f172a';
         ctx.fillText(shorten(row.engine, 24), 6, ry + 7);
         ctx.fillStyle = '#64748b';
-        ctx.fillText(`${row.bars.length} req · ${row.lanes} lanes`, 6, ry + 20);
+        ctx.fillText(`${row.bars.length} req · ${row.lanes} lane${row.lanes > 1 ? 's' : ''}`, 6, ry + 20);
       }
     }
     // Time axis.
