@@ -8,24 +8,11 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
+from .messages import content_text
+
 BOS = "<|begin_of_text|>"
 HEADER = "<|start_header_id|>{role}<|end_header_id|>\n\n"
 EOT = "<|eot_id|>"
-
-
-def content_text(content: Any) -> str:
-    """Text of an OpenAI message content: a string or a list of content parts."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        parts = []
-        for part in content:
-            if isinstance(part, dict) and part.get("type", "text") == "text":
-                parts.append(str(part.get("text", "")))
-        return "".join(parts)
-    return str(content)
 
 
 def render_chat(messages: Iterable[dict[str, Any]], add_generation_prompt: bool = True) -> str:

@@ -318,6 +318,17 @@ class SessionGraph:
         path.reverse()
         return path, best[end]
 
+    def downstream(self, cost: Callable[[Node], float] = estimate_cost) -> dict[str, float]:
+        """For every node, the cost of the longest path *after* it to a sink: the
+        work still to do on its application's critical path once it finishes. The
+        scheduler runs a request with more downstream work first (least slack)."""
+        after: dict[str, float] = {}
+        for nid in reversed(self.topological_order()):
+            after[nid] = max(
+                (after[c] + float(cost(self._nodes[c])) for c in self.children(nid)), default=0.0
+            )
+        return after
+
     def deduce_objectives(self) -> dict[str, Criteria]:
         """Parrot's backward objective deduction.
 

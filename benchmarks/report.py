@@ -16,41 +16,128 @@ def _f(x: Any, nd: int = 3) -> str:
     return "-" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
+PROXY = {"gateway": "gateway", "gateway-plain": "gateway", "sglang-router": "smg"}
+
+
+def _lag(m: dict[str, Any]) -> str:
+    h = m.get("harness") or {}
+    vals = [v for v in (h.get("start_lag_p99_ms"), h.get("send_lag_p99_ms")) if v is not None]
+    return f"{max(vals):.1f}" if vals else "-"
+
+
+def _cpu(m: dict[str, Any], system: str) -> str:
+    cpu = m.get("cpu") or {}
+    if not cpu:
+        return "-"
+    proxy = PROXY.get(system)
+    return f"{cpu.get('harness', 0):.0%}" + (f" / {cpu.get(proxy, 0):.0%}" if proxy else " / -")
+
+
 def print_table(summary: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
+    ts = summary.get("time_scale", 1.0)
+    scale = "" if ts == 1.0 else f" - [bold red]time-scale {ts:g} (CI-sized, not for comparison)[/bold red]"
     t = Table(title=f"parrot-gateway bench - {summary.get('engine_label')} - client RTT "
-                    f"{summary.get('client_rtt_ms', 0):g} ms - times in engine seconds")
+                    f"{summary.get('client_rtt_ms', 0):g} ms - times in engine seconds{scale}")
     for col in ("workload", "system", "e2e mean", "e2e p50", "e2e p99", "req/s", "norm s/tok",
-                "cached", "vs bound", "speedup"):
+                "cached", "vs bound", "speedup", "lag p99 ms", "cpu harness / proxy", "comparable"):
         t.add_column(col, justify="right" if col not in ("workload", "system") else "left")
     for name, w in summary["workloads"].items():
+        bad = w.get("not_comparable") or {}
         for i, (s, m) in enumerate(w["systems"].items()):
             t.add_row(
                 name if i == 0 else "", s, _f(m.get("e2e_mean_s")), _f(m.get("e2e_p50_s")),
                 _f(m.get("e2e_p99_s")), _f(m.get("throughput_rps"), 2),
                 _f(m.get("normalized_latency_s_per_token"), 4), _f(m.get("cached_token_ratio"), 2),
                 _f((w.get("vs_bound") or {}).get(s), 2), _f((w.get("speedup_vs") or {}).get(s), 2),
+                _lag(m), _cpu(m, s), "[red]NO[/red]" if s in bad else "yes",
             )
         t.add_row("", "[dim]bound[/dim]", _f(w.get("bound_s")), "", "", "", "", "", "1.00", "")
         t.add_section()
     console.print(t)
+    for name, w in summary["workloads"].items():
+        if w.get("reference_load") is not None:
+            console.print(f"{name}: the rows above are each system at {w['reference_load']:g}x the "
+                          f"{w.get('reference_system')}'s capacity ({w.get('reference_rate')} apps/s)")
+        if "capacity_apps_per_s" in w and "sweep" in w:
+            console.print(saturation_table(name, w))
+        chat = {s: (m.get("by_kind") or {}).get("chat") for s, m in w["systems"].items()}
+        if any(c and c.get("ttft_p50_s") is not None for c in chat.values()):
+            console.print(mixed_table(name, w))
+    harness = summary.get("harness") or {}
+    if harness.get("pinning"):
+        console.print(f"[bold]harness:[/bold] {harness['pinning']['note']}; lag threshold "
+                      f"{harness.get('max_lag_ms')} ms p99, CPU threshold {harness.get('max_cpu_share'):.0%} "
+                      "of a core")
+    for s, why in (summary.get("not_comparable") or {}).items():
+        console.print(f"[bold red]NOT COMPARABLE[/bold red] {s}: {why}")
     for note in summary.get("notes") or []:
         console.print(f"[yellow]note:[/yellow] {note}")
+
+
+def saturation_table(name: str, w: dict[str, Any]) -> Table:
+    """Capacity, goodput and latency (mean / p99) at every swept rate, per system."""
+    from .charts import sweep_points
+
+    points = sweep_points(w)
+    t = Table(title=f"{name}: saturation (apps per engine-second; latency mean / p99 in engine s; "
+                    f"SLO {w.get('slo')})")
+    t.add_column("system")
+    t.add_column("capacity", justify="right")
+    t.add_column("goodput", justify="right")
+    for p in points:
+        load = f" ({p['load']:g}x)" if p.get("load") is not None else ""
+        t.add_column(f"{p['rate']:.2f}/s{load}" + (" ext" if p.get("extension") else ""), justify="right")
+    bad = w.get("not_comparable") or {}
+    for s in w["capacity_apps_per_s"]:
+        cells = []
+        for p in points:
+            m = p["systems"].get(s)
+            cells.append("-" if m is None else
+                         f"{_f(m.get('e2e_mean_s'), 2)} / {_f(m.get('e2e_p99_s'), 2)}"
+                         + ("" if (m.get("slo_ratio") or 9) <= 1 else " [red]x[/red]"))
+        label = f"{s} [red](not comparable)[/red]" if s in bad else s
+        good = (w.get("goodput_apps_per_s") or {}).get(s)
+        t.add_row(label, _f(w["capacity_apps_per_s"].get(s), 2), _f(good, 2), *cells)
+    return t
+
+
+def mixed_table(name: str, w: dict[str, Any]) -> Table:
+    """Chat tenant (TTFT, normalized latency) and batch tenants (JCT) per system."""
+    t = Table(title=f"{name}: latency tenant (streamed chat) vs batch tenants (engine s)")
+    for col in ("system", "chat TTFT p50", "chat TTFT p99", "chat s/token p50", "chat s/token p99",
+                "batch JCT mean", "batch JCT p99"):
+        t.add_column(col, justify="right" if col != "system" else "left")
+    for s, m in w["systems"].items():
+        c = (m.get("by_kind") or {}).get("chat") or {}
+        bt = (m.get("by_kind") or {}).get("batch") or {}
+        t.add_row(s, _f(c.get("ttft_p50_s"), 4), _f(c.get("ttft_p99_s"), 4),
+                  _f(c.get("normalized_latency_p50_s_per_token"), 5),
+                  _f(c.get("normalized_latency_p99_s_per_token"), 5),
+                  _f(bt.get("jct_mean_s"), 3), _f(bt.get("jct_p99_s"), 3))
+    return t
 
 
 SYSTEM_ORDER = ("baseline", "sglang-router", "gateway-plain", "gateway")
 
 
 def markdown_table(summary: dict[str, Any]) -> str:
-    """Mean app latency per system (engine seconds), the bound and the ratios, as Markdown."""
+    """Mean app latency per system (engine seconds), the bound and the ratios, as Markdown
+    (a saturation run: capacity, goodput and the latency-vs-load curve instead)."""
+    if any("capacity_apps_per_s" in w and "sweep" in w for w in summary["workloads"].values()):
+        return saturation_markdown(summary)
+    from .charts import sweep_points
+
     systems = [s for s in SYSTEM_ORDER if any(s in w["systems"] for w in summary["workloads"].values())]
     head = ["workload", *systems, "bound", "baseline/gateway", "router/gateway", "gateway/bound",
             "cached (router / gateway)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     rows: list[tuple[str, dict[str, Any], Any]] = []
     for name, w in summary["workloads"].items():
-        if w.get("sweep"):
+        if isinstance(w.get("sweep"), dict):  # runs written before the SPEC's list shape
             rows += [(f"{name} @{rate}/s", v["systems"], v["speedup"]) for rate, v in w["sweep"].items()]
+        elif w.get("sweep"):
+            rows += [(f"{name} @{p['rate']:g}/s", p["systems"], p.get("speedup")) for p in sweep_points(w)]
         else:
             rows.append((name, w["systems"], w.get("speedup")))
     for name, ms, speedup in rows:
@@ -65,6 +152,35 @@ def markdown_table(summary: dict[str, Any]) -> str:
                _f(gw / w["bound_s"], 2) if gw and w.get("bound_s") else "-", cached]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def saturation_markdown(summary: dict[str, Any]) -> str:
+    """Per workload and system: capacity, goodput at SLO and mean / p99 latency at each
+    swept rate; systems marked not comparable say why below the table."""
+    from .charts import sweep_points
+
+    out = []
+    for name, w in summary["workloads"].items():
+        if "capacity_apps_per_s" not in w or "sweep" not in w:
+            continue
+        points = sweep_points(w)
+        head = ["system", "capacity", "goodput"] + [
+            f"{p['rate']:.2f}/s" + (f" ({p['load']:g}x)" if p.get("load") is not None else "")
+            for p in points]
+        lines = [f"**{name}** (apps per engine-second; latency mean / p99, engine s; SLO: {w.get('slo')}, "
+                 f"{', '.join(f'{k} {v:g} s' for k, v in (w.get('slo_s') or {}).items())})", "",
+                 "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        bad = w.get("not_comparable") or {}
+        for s in [x for x in SYSTEM_ORDER if x in w["capacity_apps_per_s"]]:
+            cells = [f"{_f(p['systems'][s].get('e2e_mean_s'), 2)} / {_f(p['systems'][s].get('e2e_p99_s'), 2)}"
+                     if s in p["systems"] else "-" for p in points]
+            label = s + (" *" if s in bad else "")
+            good = (w.get("goodput_apps_per_s") or {}).get(s)
+            lines.append("| " + " | ".join([label, _f(w["capacity_apps_per_s"].get(s), 2), _f(good, 2),
+                                             *cells]) + " |")
+        lines += [f"\n\\* {s}: not comparable: {why}" for s, why in bad.items()]
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def overhead_table(c1: dict[str, Any], c16: dict[str, Any]) -> str:

@@ -17,9 +17,12 @@ from pathlib import Path
 from typing import IO, Any
 
 import httpx
+import psutil
 
 from common.serving import free_port
 from gateway.redis_server import RedisServer
+
+from .affinity import set_process_affinity
 
 
 class ServiceError(RuntimeError):
@@ -57,6 +60,8 @@ class Services:
     model_path: str | None = None
     redis: RedisServer | None = None
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
+    cpus: tuple[int, ...] | None = None
+    """``pin()`` moves every service process (engines, gateway, redis, smg) to these CPUs."""
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     # -------------------------------------------------------------- start
@@ -138,6 +143,31 @@ class Services:
             self.router = None
             return False
         return True
+
+    def pin(self) -> None:
+        """Pin every thread of every service process (and their children) to ``cpus``.
+        Done once all are ready, so that their start-up (imports, tokenizer loading) still
+        uses every CPU; threads they start later inherit the mask."""
+        if not self.cpus:
+            return
+        for pid in self.pids().values():
+            try:
+                tree = [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+            except psutil.Error:
+                continue
+            for p in tree:
+                set_process_affinity(p, self.cpus)
+
+    def pids(self) -> dict[str, int]:
+        """Service processes by role (``engine0``..., ``gateway``, ``smg``, ``redis``)."""
+        out = {}
+        for name, proc in self.procs:
+            role = f"engine{name[3:]}" if name.startswith("sim") else name
+            if proc.poll() is None:
+                out[role] = proc.pid
+        if self.redis is not None and self.redis.proc is not None:
+            out["redis"] = self.redis.proc.pid
+        return out
 
     # -------------------------------------------------------------- engine control
 

@@ -12,19 +12,23 @@ multiplies them by the engines' time-scale).
 
 from __future__ import annotations
 
+import math
 import random
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 from analysis.tokenizer import get_tokenizer
 
-WORKLOADS = ("chain", "map-reduce", "shared-prompt", "multi-agent", "mixed")
+WORKLOADS = ("chain", "map-reduce", "shared-prompt", "multi-agent", "mixed", "mixed-heavy")
 SIZES = ("small", "full")
+# Workloads whose apps can be drawn one by one, for closed loops and rate sweeps (``mixed``
+# is a fixed timeline from the paper: a chat stream and batch apps at set offsets).
+SWEEPABLE = ("chain", "map-reduce", "shared-prompt", "multi-agent", "mixed-heavy")
 _PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]{0,63})\}\}")
 
-# Common English words; most are one cl100k token with a leading space.
+# Common English words, each one token with a leading space (tests/test_bench.py checks).
 _WORDS = (
     "the system model data time people year way day thing world life hand part "
     "child eye woman place work week case point government company number group "
@@ -56,20 +60,19 @@ def substitute(text: str, values: Mapping[str, str]) -> str:
 
 @lru_cache(maxsize=4096)
 def synthetic_text(tokens: int, seed: int) -> str:
-    """Deterministic word salad of exactly ``tokens`` tokens under the shared tokenizer
-    (re-encoding a decoded slice can differ by a token at the cut; close enough)."""
+    """Deterministic word salad of ``tokens`` tokens under the shared tokenizer, built
+    without tokenizing: every word of ``_WORDS`` is one token after a space and a period
+    one more (a test checks both), so it costs ~0.1 ms per 1,000 tokens, and closed
+    loops can build hundreds of apps before a run. Every 12th word ends a sentence."""
     if tokens <= 0:
         return ""
-    rng = random.Random(seed)
-    words = [rng.choice(_WORDS) for _ in range(tokens + 8)]
-    # Sentence punctuation makes the text look like prose and keeps BPE merges local.
-    for i in range(11, len(words), 12):
+    n = tokens
+    while n + n // 12 > tokens:  # n words and n // 12 periods
+        n -= 1
+    words = random.Random(seed).choices(_WORDS, k=n)
+    for i in range(11, n, 12):
         words[i] += "."
-    tok = get_tokenizer()
-    ids = tok.encode(" ".join(words))
-    while len(ids) < tokens:  # a few words merge into fewer tokens than words
-        ids += tok.encode(" " + " ".join(rng.choice(_WORDS) for _ in range(tokens - len(ids) + 4)))
-    return tok.decode(ids[:tokens]).strip()
+    return " ".join(words)
 
 
 def count_tokens(text: str) -> int:
@@ -87,6 +90,8 @@ class Step:
     criteria: str = "latency"
     stage: str = ""
     """Label for charts (map, reduce, refine, ...)."""
+    stream: bool = False
+    """Stream the answer (chat tenants: time to first token is measured)."""
 
     @property
     def inputs(self) -> list[str]:
@@ -213,8 +218,20 @@ _SIZES: dict[str, dict[str, dict[str, float]]] = {
         "small": {"chats": 10, "chat_rate": 2.0, "batch_apps": 3, "batch_start": 1.0,
                   "chunks": 6, "chunk_tokens": 400, "out": 32, "chat_max_prompt": 384,
                   "chat_max_total": 640},
+    },    # Batch tenants (map-reduce and multi-agent apps of the same size, alternating) offered
+    # near capacity, plus a latency tenant of streamed chats at ``chat_rate`` per second.
+    # ``batch_rate`` is only a nominal default: the runner offers a fraction of capacity.
+    "mixed-heavy": {
+        "full": {"batch_apps": 40, "batch_rate": 0.3, "chat_rate": 1.0, "min_chats": 20,
+                 "chat_max_prompt": 1024, "chat_max_total": 2048},
+        "small": {"batch_apps": 16, "batch_rate": 2.0, "chat_rate": 2.0, "min_chats": 10,
+                  "chat_max_prompt": 384, "chat_max_total": 640},
     },
 }
+# Chat lengths are drawn from a ShareGPT-like log-normal and snapped to these buckets, so
+# that the critical-path bound is measured for a handful of shapes, not one per chat.
+CHAT_PROMPT_BUCKETS = (64, 128, 256, 512, 1024)
+CHAT_OUTPUT_BUCKETS = (32, 64, 128, 256, 512)
 
 # (system prompt tokens, query tokens, output tokens) of four GPTs-like apps (Parrot eval).
 GPTS_APPS = ((7437, 7, 704), (1116, 8, 89), (1694, 4, 631), (2031, 4, 416))
@@ -264,14 +281,15 @@ def map_reduce_app(instance: str, seed: int, chunks: int, chunk_tokens: int, out
 
 
 def multi_agent_app(instance: str, seed: int, fanout: int, rounds: int, preamble: int,
-                    design: int, file: int, review: int, tenant: str = "default") -> App:
+                    design: int, file: int, review: int, tenant: str = "default",
+                    criteria: str = "latency") -> App:
     """MetaGPT-like software team: architect, then programmers, then reviewers and
     revisers alternating; each round's prompts share a long prefix (task, design,
     every current file) and end with a per-file suffix; outputs feed later rounds."""
     task = synthetic_text(int(preamble), _seed(seed, instance, "task"))
     system = ("You are part of a software team. Project brief and conventions follow.\n\n" + task)
     steps = [Step("design", "Write the architecture and the interface of every source file.",
-                  int(design), system=system, stage="architect")]
+                  int(design), system=system, criteria=criteria, stage="architect")]
     current = [None] * int(fanout)  # current variable of each file
     for r in range(1, int(rounds)):
         kind = "code" if r == 1 else ("review" if r % 2 == 0 else "revise")
@@ -286,7 +304,7 @@ def multi_agent_app(instance: str, seed: int, fanout: int, rounds: int, preamble
             else:
                 name, n = f"f{i}_r{r}", file
                 suffix = f"Review of file {i}:\n{{{{rv{i}_r{r - 1}}}}}\n\nTask: rewrite file {i} fixing them."
-            steps.append(Step(name, prefix + suffix, int(n), system=system, stage=kind))
+            steps.append(Step(name, prefix + suffix, int(n), system=system, criteria=criteria, stage=kind))
             if kind != "review":
                 new[i] = name
         current = new
@@ -307,10 +325,23 @@ def gpts_app(instance: str, seed: int, which: int, scale: float, tenant: str = "
                ("answer",), tenant, shape=f"gpts{which}:{scale}")
 
 
-def chat_app(instance: str, seed: int, prompt: int, out: int, tenant: str = "chat") -> App:
+def chat_app(instance: str, seed: int, prompt: int, out: int, tenant: str = "chat",
+             stream: bool = False) -> App:
     text = synthetic_text(prompt, _seed(seed, instance, "chat"))
-    return App("chat", instance, (Step("reply", text, out, stage="chat"),), ("reply",), tenant,
-               shape=f"chat:{prompt}:{out}")
+    return App("chat", instance, (Step("reply", text, out, stage="chat", stream=stream),), ("reply",),
+               tenant, shape=f"chat:{prompt}:{out}")
+
+
+def _snap(x: float, buckets: tuple[int, ...]) -> int:
+    """The bucket nearest to ``x`` on a log scale."""
+    return min(buckets, key=lambda b: abs(math.log(b / max(x, 1.0))))
+
+
+def chat_lengths(rng: random.Random, max_prompt: float, max_total: float) -> tuple[int, int]:
+    """(prompt, output) tokens of one bucketed ShareGPT-like chat."""
+    prompt = _snap(rng.lognormvariate(5.3, 0.8), tuple(b for b in CHAT_PROMPT_BUCKETS if b <= max_prompt))
+    outs = tuple(b for b in CHAT_OUTPUT_BUCKETS if prompt + b <= max_total)
+    return prompt, _snap(rng.lognormvariate(5.0, 0.7), outs)
 
 
 # ---------------------------------------------------------------- workloads
@@ -325,37 +356,60 @@ def poisson_times(n: int, rate: float, rng: random.Random, start: float = 0.0) -
     return out
 
 
-def build_workload(name: str, size: str = "small", seed: int = 0, apps: int | None = None,
-                   rate: float | None = None) -> Workload:
-    """The workload ``name``. ``apps``/``rate`` run that many instances as a Poisson
-    process of ``rate`` apps per engine-second (default: one instance, or the
-    workload's own request stream for shared-prompt and mixed)."""
-    if name not in WORKLOADS:
-        raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+def app_maker(name: str, size: str = "small", seed: int = 0) -> Callable[[int], App]:
+    """``make(i)``: the ``i``-th application instance of a sweepable workload (closed
+    loops draw as many as they need; open-loop runs take the first N). Tenants rotate
+    over four (batch tenants for ``mixed-heavy``)."""
+    if name not in SWEEPABLE:
+        raise ValueError(f"{name!r} has no app stream; sweepable: {', '.join(SWEEPABLE)}")
     p = size_params(name, size)
-    rng = random.Random(_seed(seed, name, size, apps, rate))
-    n = apps if apps is not None else 1
 
     def make(i: int) -> App:
-        inst = f"{name}-{i}"
-        tenant = f"tenant{i % 4}" if n > 1 else "default"
+        inst, tenant = f"{name}-{i}", f"tenant{i % 4}"
         if name == "chain":
             return chain_app(inst, seed, int(p["chunks"]), int(p["chunk_tokens"]), int(p["out"]), tenant)
         if name == "map-reduce":
             return map_reduce_app(inst, seed, int(p["chunks"]), int(p["chunk_tokens"]), int(p["out"]), tenant)
-        return multi_agent_app(inst, seed, tenant=tenant, **{k: int(v) for k, v in p.items()})  # type: ignore[arg-type]
+        if name == "multi-agent":
+            return multi_agent_app(inst, seed, tenant=tenant, **{k: int(v) for k, v in p.items()})  # type: ignore[arg-type]
+        if name == "shared-prompt":
+            return gpts_app(f"gpts-{i}", seed, i % 4, p["scale"], tenant=f"app{i % 4}")
+        # mixed-heavy: batch apps alternate map-reduce / multi-agent, two batch tenants
+        if i % 2 == 0:
+            mr = size_params("map-reduce", size)
+            return map_reduce_app(f"batch-mr-{i}", seed, int(mr["chunks"]), int(mr["chunk_tokens"]),
+                                  int(mr["out"]), tenant="batch-mr", criteria="throughput")
+        ma = size_params("multi-agent", size)
+        return multi_agent_app(f"batch-ma-{i}", seed, tenant="batch-ma", criteria="throughput",
+                               **{k: int(v) for k, v in ma.items()})  # type: ignore[arg-type]
 
+    return make
+
+
+def build_workload(name: str, size: str = "small", seed: int = 0, apps: int | None = None,
+                   rate: float | None = None) -> Workload:
+    """The workload ``name``. ``apps``/``rate`` run that many instances as a Poisson
+    process of ``rate`` apps per engine-second (default: one instance, or the
+    workload's own request stream for shared-prompt, mixed and mixed-heavy)."""
+    if name not in WORKLOADS:
+        raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
+    p = size_params(name, size)
+    rng = random.Random(_seed(seed, name, size, apps, rate))
     if name in ("chain", "map-reduce", "multi-agent"):
+        n = apps if apps is not None else 1
+        make = app_maker(name, size, seed)
         times = poisson_times(n, rate, rng) if rate else [0.0] * n
-        return Workload(name, size, [Arrival(t, make(i)) for i, t in enumerate(times)],
-                        {**p, "apps": n, "rate": rate})
+        arrivals = [Arrival(t, make(i) if n > 1 else replace(make(i), tenant="default"))
+                    for i, t in enumerate(times)]
+        return Workload(name, size, arrivals, {**p, "apps": n, "rate": rate})
     if name == "shared-prompt":
         count = apps if apps is not None else int(p["requests"])
         r = rate if rate else p["rate"]
-        times = poisson_times(count, r, rng)
-        arrivals = [Arrival(t, gpts_app(f"gpts-{i}", seed, i % 4, p["scale"], tenant=f"app{i % 4}"))
-                    for i, t in enumerate(times)]
+        make = app_maker(name, size, seed)
+        arrivals = [Arrival(t, make(i)) for i, t in enumerate(poisson_times(count, r, rng))]
         return Workload(name, size, arrivals, {**p, "requests": count, "rate": r})
+    if name == "mixed-heavy":
+        return _mixed_heavy(size, seed, p, rng, apps, rate)
     # mixed: a latency-critical chat tenant and a throughput map-reduce tenant
     chats = apps if apps is not None else int(p["chats"])
     chat_rate = rate if rate else p["chat_rate"]
@@ -373,3 +427,23 @@ def build_workload(name: str, size: str = "small", seed: int = 0, apps: int | No
         t += gaps[j % len(gaps)]
     arrivals.sort(key=lambda a: a.at_s)
     return Workload(name, size, arrivals, {**p, "chats": chats, "chat_rate": chat_rate})
+
+
+def _mixed_heavy(size: str, seed: int, p: dict[str, float], rng: random.Random, apps: int | None,
+                 rate: float | None) -> Workload:
+    """Batch apps as a Poisson process of ``rate`` apps/s, and streamed chats (tenant
+    ``chat``, latency-critical) at the size's ``chat_rate`` over the same span."""
+    n = apps if apps is not None else int(p["batch_apps"])
+    r = rate if rate else p["batch_rate"]
+    make = app_maker("mixed-heavy", size, seed)
+    arrivals = [Arrival(t, make(i)) for i, t in enumerate(poisson_times(n, r, rng))]
+    span = arrivals[-1].at_s if arrivals else 0.0
+    chats = max(int(p["min_chats"]), round(p["chat_rate"] * span))
+    chat_rng = random.Random(_seed(seed, "mixed-heavy-chat", size, n, r))
+    for i in range(chats):
+        prompt, out = chat_lengths(chat_rng, p["chat_max_prompt"], p["chat_max_total"])
+        at = chat_rng.uniform(0.0, span) if span else i / p["chat_rate"]
+        arrivals.append(Arrival(at, chat_app(f"chat-{i}", seed, prompt, out, stream=True)))
+    arrivals.sort(key=lambda a: a.at_s)
+    return Workload("mixed-heavy", size, arrivals,
+                    {**p, "batch_apps": n, "batch_rate": r, "chats": chats, "rate": r})

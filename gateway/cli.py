@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("sim", help="run one simulated SGLang engine", add_help=False)
     sub.add_parser("bench", help="run benchmarks", add_help=False)
     if argv and argv[0] == "sim":
-        from backends.sim.server import main as sim_main
+        from backends.sim.cli import main as sim_main
 
         return sim_main(argv[1:])
     if argv and argv[0] == "bench":

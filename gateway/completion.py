@@ -12,9 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from analysis.chat_template import render_chat
-from analysis.prefix import block_hashes
-from analysis.tokenizer import get_tokenizer
+from analysis.prefix import byte_block_hashes, canonical_prompt
 from backends.base import EngineCall, Usage
 from common.errors import NotFound
 from common.types import JSON, Route
@@ -28,10 +26,34 @@ from .policy import Job
 
 @dataclass(frozen=True)
 class PromptShape:
-    """What the policy needs of a prompt: its length and its chained block hashes."""
+    """What the policy needs of a prompt, without a tokenizer: its canonical size in
+    bytes and the chained hashes of its byte blocks (analysis.prefix)."""
 
-    tokens: int
+    nbytes: int
     hashes: tuple[int, ...]
+
+
+class TokenEstimate:
+    """Prompt bytes per engine token, learned from the engines' own usage reports.
+
+    The gateway never tokenizes: a prompt's token count (for KV and prefill
+    estimates) is its canonical byte size over this ratio, which follows
+    whatever tokenizer and chat template the engines use (an EWMA of each
+    finished request's ``prompt_tokens``).
+    """
+
+    def __init__(self, initial: float = 4.0, alpha: float = 0.05) -> None:
+        self.bytes_per_token = initial
+        self.alpha = alpha
+
+    def tokens(self, nbytes: int) -> int:
+        return max(1, round(nbytes / self.bytes_per_token))
+
+    def observe(self, nbytes: int, prompt_tokens: int | None) -> None:
+        if not prompt_tokens or prompt_tokens <= 0 or nbytes <= 0:
+            return
+        ratio = nbytes / prompt_tokens
+        self.bytes_per_token += self.alpha * (min(max(ratio, 0.5), 64.0) - self.bytes_per_token)
 
 
 @dataclass
@@ -46,32 +68,12 @@ class RequestContext:
     weight: float = 1.0
     prompt: PromptShape | None = None  # already measured (semantic requests)
     app_started: float | None = None  # wall time its application (session) started
+    downstream_s: float = 0.0  # estimated work after it on its application's critical path
 
 
-def prompt_text(route: Route, body: JSON) -> str:
-    if route == "chat":
-        return render_chat(body.get("messages") or [])
-    prompt = body.get("prompt")
-    if isinstance(prompt, list):
-        if prompt and isinstance(prompt[0], str):
-            return str(prompt[0])
-        return ""
-    return str(prompt or "")
-
-
-def prompt_tokens(route: Route, body: JSON) -> list[int]:
-    prompt = body.get("prompt")
-    if route == "completion" and isinstance(prompt, list) and prompt:
-        if isinstance(prompt[0], int):
-            return [int(t) for t in prompt]
-        if isinstance(prompt[0], list):
-            return [int(t) for t in prompt[0]]
-    return get_tokenizer().encode(prompt_text(route, body))
-
-
-def prompt_shape(route: Route, body: JSON, block_tokens: int) -> PromptShape:
-    tokens = prompt_tokens(route, body)
-    return PromptShape(len(tokens), tuple(block_hashes(tokens, block_tokens)))
+def prompt_shape(route: str, body: JSON, block_bytes: int) -> PromptShape:
+    data = canonical_prompt(route, body)
+    return PromptShape(len(data), byte_block_hashes(data, block_bytes))
 
 
 MAX_TOKENS_ESTIMATE = 32768  # cap of the scheduling estimate; the engine enforces its context
@@ -94,10 +96,11 @@ class Completions:
         metrics: Metrics,
         *,
         stream_internally: bool = True,
-        block_tokens: int = 32,
+        block_bytes: int = 128,
     ) -> None:
         self.pool = pool
-        self.block_tokens = block_tokens
+        self.block_bytes = block_bytes
+        self.estimate = TokenEstimate()
         self.dispatcher = dispatcher
         self.metrics = metrics
         # Stream from engines even for non-streaming clients: the first chunk marks the
@@ -121,18 +124,21 @@ class Completions:
         return frozenset(s.id for s in self.pool.states.values() if s.models and model not in s.models)
 
     def job(self, route: Route, body: JSON, ctx: RequestContext, avoid: frozenset[str]) -> Job:
-        shape = ctx.prompt or prompt_shape(route, body, self.block_tokens)
+        shape = ctx.prompt or prompt_shape(route, body, self.block_bytes)
+        ctx.prompt = shape
         return Job(
             id=f"{ctx.request_id}:{uuid.uuid4().hex[:8]}",
             tenant=ctx.tenant,
-            prompt_tokens=shape.tokens,
+            prompt_tokens=self.estimate.tokens(shape.nbytes),
             prefix_hashes=shape.hashes,
+            block_tokens=self.block_bytes / self.estimate.bytes_per_token,
             max_tokens=max_tokens_of(body),
             latency_critical=ctx.latency_critical,
             group=ctx.group,
             session=ctx.session,
             weight=ctx.weight,
             avoid=avoid,
+            downstream_s=ctx.downstream_s,
             app_started=None if ctx.app_started is None
             else self.dispatcher.clock() - max(0.0, time.time() - ctx.app_started),
         )
@@ -153,7 +159,12 @@ class Completions:
         if outcome.usage:
             u = outcome.usage
             self.metrics.observe_usage(u.prompt_tokens, u.cached_tokens, u.completion_tokens)
+            self._learn(ctx, u)
         return outcome
+
+    def _learn(self, ctx: RequestContext, usage: Usage) -> None:
+        if ctx.prompt is not None:
+            self.estimate.observe(ctx.prompt.nbytes, usage.prompt_tokens)
 
     async def _assembled(self, route: Route, job: Job, call: EngineCall) -> Outcome:
         """Stream from the engine, fold the chunks into one response. The client has
@@ -197,6 +208,7 @@ class Completions:
                 self.metrics.observe_usage(
                     usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens
                 )
+                self._learn(ctx, usage)
                 if on_usage is not None:
                     on_usage(usage)
                 if not want_usage:

@@ -107,6 +107,7 @@ class Dispatcher:
         self._waiting: dict[str, asyncio.Future[Dispatch]] = {}
         self._running: dict[str, str] = {}  # job id -> engine
         self._added: set[str] = set()
+        self._queued_by_request: dict[str, str] = {}  # request id -> its job waiting here
         pool.on_rotation.append(self._on_rotation)
         pool.on_load.append(self._on_load)
         for state in pool.states.values():
@@ -117,7 +118,8 @@ class Dispatcher:
     def _on_rotation(self, state: EngineState) -> None:
         now = self.clock()
         if state.healthy and state.id not in self._added:
-            self.policy.add_engine(state.id, state.capacity, state.kv_capacity_tokens, now)
+            self.policy.add_engine(state.id, state.capacity, state.kv_capacity_tokens, now,
+                                   chunk_tokens=state.chunk_tokens)
             self._added.add(state.id)
         elif state.id in self._added:
             self.policy.set_healthy(state.id, state.healthy, now)
@@ -141,6 +143,8 @@ class Dispatcher:
             raise ServiceUnavailable("no engine available", code="no_engine")
         fut: asyncio.Future[Dispatch] = asyncio.get_running_loop().create_future()
         self._waiting[job.id] = fut
+        request = job.id.rsplit(":", 1)[0]
+        self._queued_by_request[request] = job.id
         self.policy.submit(job, self.clock())
         self._pump()
         try:
@@ -153,6 +157,16 @@ class Dispatcher:
             raise
         finally:
             self._waiting.pop(job.id, None)
+            if self._queued_by_request.get(request) == job.id:
+                del self._queued_by_request[request]
+
+    def set_group(self, request_id: str, group: str | None) -> None:
+        """Put a request still queued here into task group ``group`` (its siblings'
+        consumer registered after it was queued)."""
+        job_id = self._queued_by_request.get(request_id)
+        if job_id is not None:
+            self.policy.set_group(job_id, group, self.clock())
+            self._pump()
 
     def prefill_done(self, job_id: str) -> None:
         self.policy.on_prefill_done(job_id, self.clock())

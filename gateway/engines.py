@@ -29,6 +29,7 @@ class EngineState:
     models: list[str] = field(default_factory=list)
     capacity: int = DEFAULT_CAPACITY
     kv_capacity_tokens: int | None = None
+    chunk_tokens: int | None = None  # the engine's chunked_prefill_size, if it says
     consecutive_failures: int = 0
     open_until: float = 0.0
     load: EngineLoad | None = None
@@ -104,6 +105,7 @@ class EnginePool:
                 if info.max_running_requests:
                     state.capacity = info.max_running_requests
                 state.kv_capacity_tokens = info.max_total_tokens
+                state.chunk_tokens = info.chunked_prefill_size
                 state.known = True
             except EngineFailure:
                 ok = False

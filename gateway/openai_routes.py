@@ -13,13 +13,13 @@ from common.ids import is_session_id
 from common.serving import finished_before_disconnect
 from common.types import JSON, Route
 
+from . import session_http
 from .completion import RequestContext
 from .responses import CLIENT_CLOSED, primed, streaming
 from .validation import ChatBody, CompletionBody, parse_json, validate
 
 if TYPE_CHECKING:
     from .wiring import Gateway
-
 
 
 def gateway_of(request: Request) -> Gateway:
@@ -42,12 +42,12 @@ async def _completion(request: Request, route: Route) -> Response:
     principal.check_model(body.get("model"))
     await gw.limits.check_request(principal, body)
     rid = request.state.request_id
-    if gw.sessions.is_semantic(request.headers):
-        sid = request.headers.get("x-parrot-session", "")
-        if is_session_id(sid):  # a bad id is refused with 400 by sessions.handle
+    if session_http.is_semantic(request.headers):
+        sid = request.headers.get(session_http.H_SESSION, "")
+        if is_session_id(sid):  # a bad id is refused with 400 by session_http.handle
             await gw.limits.admit_session(principal, sid, gw.settings.session_ttl_s)
             await gw.index.touch(principal.tenant, sid)
-        return await gw.sessions.handle(request, route, body, principal)
+        return await session_http.handle(gw.sessions, request, route, body, principal)
     tenant = principal.tenant if gw.auth.enabled else str(body.get("user") or principal.tenant)
     ctx = RequestContext(request_id=rid, tenant=tenant, weight=principal.weight)
     if body.get("stream"):

@@ -71,7 +71,14 @@ class Settings(BaseModel):
     scheduler_policy: Literal["parrot", "round_robin", "least_loaded"] = Field(
         "parrot", description="Scheduling policy; the baselines exist for comparison."
     )
-    prefix_block_tokens: int = Field(32, ge=1, description="Token block size for prefix hashing.")
+    prefix_block_tokens: int = Field(
+        32, ge=1, description="Tokens per prefix block assumed before engines report usage."
+    )
+    prefix_block_bytes: int = Field(
+        128, ge=16, le=65536,
+        description="Prefix identity: prompts are hashed in blocks of this many canonical bytes "
+                    "(no tokenizer on the hot path).",
+    )
     warmup_min_tokens: int = Field(256, ge=1, description="Shared-prefix size that triggers warm-up.")
     balance_abs_threshold: int = Field(32, ge=0, description="In-flight gap that overrides affinity.")
     balance_rel_threshold: float = Field(1.5, ge=1.0, description="Load ratio that overrides affinity.")

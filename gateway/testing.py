@@ -50,7 +50,8 @@ class Stack:
 
 
 def start_engine(time_scale: float = 0.02, **sim: Any) -> UvicornThread:
-    from backends.sim.server import SimConfig, create_sim_app
+    from backends.sim.app import create_sim_app
+    from backends.sim.config import SimConfig
 
     return UvicornThread(create_sim_app(SimConfig(time_scale=time_scale, **sim))).start()
 

@@ -1,7 +1,7 @@
 """The gateway's collaborators, built from the settings in one place.
 
 ``build_gateway`` is the composition root: it wires the engine pool, the
-policy and its dispatcher, the Redis-backed store and notifier, sessions,
+policy and its dispatcher, the Redis-backed store and notifier, the session runner,
 auth, limits and metrics; the HTTP layer (``app.py`` and the route modules)
 only reads the resulting ``Gateway``.
 """
@@ -25,7 +25,7 @@ from .metrics import Metrics
 from .notifier import Notifier
 from .policy import SchedulerConfig, make_scheduler
 from .session_index import SessionIndex
-from .sessions import Sessions
+from .session_runner import SessionRunner
 from .settings import Settings
 from .store import SessionStore
 
@@ -39,7 +39,7 @@ class Gateway:
     redis: aioredis.Redis
     store: SessionStore
     notifier: Notifier
-    sessions: Sessions
+    sessions: SessionRunner  # the semantic requests (HTTP side: session_http.py)
     auth: Authenticator
     limits: RateLimiter
     metrics: Metrics
@@ -77,7 +77,7 @@ def build_gateway(
     dispatcher = Dispatcher(policy, pool, metrics, retry_budget=settings.retry_budget)
     completions = Completions(
         pool, dispatcher, metrics, stream_internally=settings.engine_streaming,
-        block_tokens=settings.prefix_block_tokens,
+        block_bytes=settings.prefix_block_bytes,
     )
     url = redis_url or settings.redis
     if not url:
@@ -98,7 +98,7 @@ def build_gateway(
     )
     notifier = Notifier(redis)
     store.attach_notifier(notifier)
-    sessions = Sessions(settings, store, completions, metrics)
+    sessions = SessionRunner(settings, store, completions, metrics)
     return Gateway(
         settings=settings,
         pool=pool,

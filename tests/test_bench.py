@@ -35,8 +35,18 @@ def test_synthetic_text_is_deterministic_and_sized() -> None:
     a = synthetic_text(300, 7)
     assert a == synthetic_text(300, 7)
     assert a != synthetic_text(300, 8)
-    assert abs(count_tokens(a) - 300) <= 3
     assert "{{" not in a and "\\" not in a
+    for n in (1, 12, 13, 300, 1000, 4000):
+        assert abs(count_tokens(synthetic_text(n, n)) - n) <= 1, n
+
+
+def test_every_word_is_one_token_and_a_period_one_more() -> None:
+    """What lets synthetic_text size its text without tokenizing it."""
+    from analysis.tokenizer import get_tokenizer
+    from benchmarks.workloads import _WORDS
+
+    tok = get_tokenizer()
+    assert all(len(tok.encode(" " + w)) == 1 and len(tok.encode(" " + w + ".")) == 2 for w in _WORDS)
 
 
 @pytest.mark.parametrize("name", WORKLOADS)

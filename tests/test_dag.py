@@ -204,3 +204,15 @@ def test_node_validation() -> None:
     with pytest.raises(ValueError):
         Node("x", (), None, criteria="fast")  # type: ignore[arg-type]
     assert Node("x", ("a", "b", "a"), None).inputs == ("a", "b")
+
+
+def test_downstream_work_is_the_longest_path_after_each_node() -> None:
+    g = map_reduce(3)
+    cost = {n.id: 1.0 for n in g.nodes}
+    cost["reduce"] = 2.0
+    after = g.downstream(lambda n: cost[n.id])
+    assert after["reduce"] == 0.0
+    assert all(after[f"map-{i}"] == 2.0 for i in range(3))
+    chained = chain()
+    after = chained.downstream(lambda n: 1.0)
+    assert (after["a"], after["b"], after["c"]) == (2.0, 1.0, 0.0)

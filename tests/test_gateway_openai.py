@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
-from gateway.testing import Stack
+from gateway.testing import Stack, start_stack
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -74,17 +77,99 @@ def test_stream_without_usage_has_no_usage_chunk(stack: Stack) -> None:
     assert all('"usage"' not in ln or '"usage":null' in ln for ln in lines[:-1])
 
 
-def test_completions_and_passthrough_fields(stack: Stack) -> None:
-    c = client(stack)
+@pytest.fixture
+def eos_stack(redis_url: str) -> Iterator[Stack]:
+    """One engine whose outputs end by themselves (EOS) after 4..12 tokens, behind a gateway."""
+    s = start_stack(redis_url, engines=1, sim={"eos_after": (4, 12)})
+    yield s
+    s.stop()
+
+
+class Asker:
+    """Chat requests through the gateway, plain or semantic, streamed or not, reduced to
+    what the engine visibly did with their fields."""
+
+    def __init__(self, url: str, semantic: bool, stream: bool) -> None:
+        self.url, self.semantic, self.stream = url, semantic, stream
+        self.outputs = 0
+        self.mode = f"{'semantic' if semantic else 'plain'}-{'stream' if stream else 'json'}"
+
+    def __call__(self, **fields: Any) -> dict[str, Any]:
+        body = {"model": "", "messages": [{"role": "user", "content": "Name three birds."}],
+                "max_tokens": 30, **fields}
+        headers = {}
+        if self.semantic:
+            self.outputs += 1
+            self.var = f"v{self.outputs}"
+            headers = {"X-Parrot-Session": self.mode, "X-Parrot-Output": self.var}
+        if not self.stream:
+            r = httpx.post(self.url + "/v1/chat/completions", json=body, headers=headers, timeout=30)
+            assert r.status_code == 200, r.text
+            out = r.json()
+            choice = out["choices"][0]
+            return {"text": choice["message"]["content"], "finish": choice["finish_reason"],
+                    "tokens": out["usage"]["completion_tokens"],
+                    "logprobs": (choice["logprobs"] or {}).get("content")}
+        body.update(stream=True, stream_options={"include_usage": True})
+        with httpx.stream("POST", self.url + "/v1/chat/completions", json=body, headers=headers,
+                          timeout=30) as r:
+            assert r.status_code == 200, r.read()
+            chunks = [json.loads(ln[5:]) for ln in r.iter_lines()
+                      if ln.startswith("data:") and ln != "data: [DONE]"]
+        choices = [c for ch in chunks for c in ch["choices"]]
+        lps = [e for c in choices for e in ((c.get("logprobs") or {}).get("content") or [])]
+        return {"text": "".join(c["delta"].get("content") or "" for c in choices),
+                "finish": [c["finish_reason"] for c in choices if c.get("finish_reason")][-1],
+                "tokens": chunks[-1]["usage"]["completion_tokens"],
+                "logprobs": lps if "logprobs" in fields else None}
+
+
+@pytest.mark.parametrize("semantic", [False, True], ids=["plain", "semantic"])
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_request_fields_pass_through_to_the_engine(eos_stack: Stack, semantic: bool, stream: bool) -> None:
+    """The engine visibly honours ignore_eos, max_tokens, seed, temperature, stop and logprobs,
+    so a field the gateway dropped or rewrote would show; an unknown field changes nothing."""
+    ask = Asker(eos_stack.url, semantic, stream)
+    full = ask(ignore_eos=True)
+    assert full["tokens"] == 30 and full["finish"] == "length" and full["logprobs"] is None
+    free = ask()  # EOS ends it early
+    assert 4 <= free["tokens"] <= 12 and free["finish"] == "stop"
+    assert full["text"].startswith(free["text"])
+    assert ask(ignore_eos=True, some_unknown_field={"x": [1]}, x_vendor_flag=True) == full
+
+    s1, s2 = ask(ignore_eos=True, seed=1), ask(ignore_eos=True, seed=2)
+    assert s1["text"] != s2["text"] and s1["tokens"] == s2["tokens"] == 30
+    g1, g2 = (ask(ignore_eos=True, seed=s, temperature=0) for s in (1, 2))
+    assert g1 == g2 and g1["text"] not in (s1["text"], s2["text"])
+
+    stop = " " + full["text"].split()[6]
+    cut = ask(ignore_eos=True, stop=[stop])
+    assert cut["finish"] == "stop" and cut["text"] == full["text"][: full["text"].index(stop)]
+    if semantic:  # the session variable holds what the engine produced
+        value = httpx.get(f"{eos_stack.url}/v1/sessions/{ask.mode}/variables/{ask.var}").json()
+        assert value["status"] == "ready" and value["value"] == cut["text"]
+
+    lp = ask(ignore_eos=True, logprobs=True, top_logprobs=2)
+    assert lp["text"] == full["text"] and len(lp["logprobs"]) == 30
+    assert "".join(e["token"] for e in lp["logprobs"]) == full["text"]
+    assert all(len(e["top_logprobs"]) == 2 for e in lp["logprobs"])
+
+
+def test_completions_sdk_extra_body(eos_stack: Stack) -> None:
+    c = client(eos_stack)
     r = c.completions.create(
-        model=model_of(stack), prompt="Once upon a time", max_tokens=5,
+        model="", prompt="Once upon a time", max_tokens=20, logprobs=1,
         extra_body={"ignore_eos": True, "some_unknown_field": 1},
     )
-    assert r.object == "text_completion"
-    assert r.choices[0].text
-    assert r.usage is not None and r.usage.completion_tokens == 5
-    chunks = list(c.completions.create(model=model_of(stack), prompt="abc", max_tokens=3, stream=True))
-    assert "".join(ch.choices[0].text for ch in chunks if ch.choices)
+    assert r.object == "text_completion" and r.choices[0].finish_reason == "length"
+    assert r.usage is not None and r.usage.completion_tokens == 20
+    assert r.choices[0].logprobs is not None and "".join(r.choices[0].logprobs.tokens) == r.choices[0].text
+    free = c.completions.create(model="", prompt="Once upon a time", max_tokens=20)
+    assert free.choices[0].finish_reason == "stop" and r.choices[0].text.startswith(free.choices[0].text)
+    assert free.choices[0].logprobs is None
+    chunks = list(c.completions.create(model="", prompt="Once upon a time", max_tokens=20, stream=True,
+                                       extra_body={"ignore_eos": True}))
+    assert "".join(ch.choices[0].text for ch in chunks if ch.choices) == r.choices[0].text
 
 
 def test_async_client_concurrent(stack: Stack) -> None:

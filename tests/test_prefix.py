@@ -202,3 +202,70 @@ def test_prefix_groups_scale() -> None:
     (g,) = prefix_groups(prompts)
     assert time.perf_counter() - t0 < 1.0
     assert len(g.members) == 64 and g.shared_tokens >= 4096
+
+
+# -- tokenizer-free prompt identity -------------------------------------------------
+
+from analysis.prefix import byte_block_hashes, canonical_prompt  # noqa: E402
+
+
+def _chat(*msgs: tuple[str, str]) -> dict:
+    return {"messages": [{"role": r, "content": c} for r, c in msgs]}
+
+
+def test_equal_leading_messages_give_equal_leading_hashes() -> None:
+    system = "You are a careful assistant. " * 40
+    a = byte_block_hashes(canonical_prompt("chat", _chat(("system", system), ("user", "q1" * 64))), 64)
+    b = byte_block_hashes(canonical_prompt("chat", _chat(("system", system), ("user", "q2" * 64))), 64)
+    shared = len(("system\x1f" + system + "\x1euser\x1fq").encode()) // 64
+    assert a[:shared] == b[:shared] and len(a) == len(b) > shared
+    assert all(x != y for x, y in zip(a[shared + 1:], b[shared + 1:]))
+
+
+def test_roles_content_parts_and_tool_calls_are_part_of_the_identity() -> None:
+    base = canonical_prompt("chat", _chat(("user", "hello")))
+    assert canonical_prompt("chat", _chat(("system", "hello"))) != base
+    parts = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hel"},
+                                                         {"type": "text", "text": "lo"}]}]}
+    assert canonical_prompt("chat", parts) == base  # content parts read as their text
+    call = {"messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}]}
+    other = {"messages": [{"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "g", "arguments": "{}"}}]}]}
+    assert canonical_prompt("chat", call) != canonical_prompt("chat", other)
+
+
+def test_completion_and_generate_prompts() -> None:
+    assert canonical_prompt("completion", {"prompt": "abc"}) == b"abc"
+    assert canonical_prompt("completion", {"prompt": ["abc", "zzz"]}) == b"abc"
+    ids = canonical_prompt("completion", {"prompt": [1, 2, 3]})
+    assert ids != b"abc" and ids == canonical_prompt("generate", {"input_ids": [1, 2, 3]})
+    assert canonical_prompt("generate", {"text": "abc"}) == b"abc"
+
+
+def test_byte_block_hashes_are_stable_across_processes() -> None:
+    import subprocess
+    import sys
+
+    code = ("from analysis.prefix import byte_block_hashes as h; "
+            "print(h(b'x' * 300 + b'y' * 300, 128))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": seed, "PATH": ""}, cwd=str(__import__("pathlib").Path(
+                               __file__).resolve().parents[1])).stdout
+            for seed in ("1", "2")}
+    assert len(outs) == 1
+    assert str(byte_block_hashes(b"x" * 300 + b"y" * 300, 128)) == outs.pop().strip()
+    assert len(byte_block_hashes(b"a" * 1000, 128, max_blocks=3)) == 3
+
+
+def test_token_estimate_learns_the_engines_bytes_per_token() -> None:
+    from gateway.completion import TokenEstimate
+
+    est = TokenEstimate(initial=4.0, alpha=0.5)
+    assert est.tokens(400) == 100
+    for _ in range(20):
+        est.observe(1000, 1000)  # a byte-level tokenizer
+    assert abs(est.bytes_per_token - 1.0) < 0.01 and est.tokens(400) == 400
+    est.observe(0, 10)
+    est.observe(100, None)
+    assert abs(est.bytes_per_token - 1.0) < 0.01

@@ -65,23 +65,40 @@ def test_async_chain_reverse_order_matches_sequential(stack: Stack) -> None:
     assert final["value"] == text
 
 
-def test_map_reduce_reduce_starts_after_last_map(stack: Stack) -> None:
+def test_map_reduce_runs_with_deduced_objective_and_one_task_group(stack: Stack) -> None:
+    """What the scheduler was given when each request ran, as recorded at run time: the
+    throughput maps feed a latency-critical reduce, so they ran latency-critical, as one
+    task group; the reduce became ready only after the last map finished."""
     c = sdk(stack.url)
     refs = " ".join("{{m%d}}" % i for i in range(16))
     submit(c, "mr1", "Summarize all: " + refs, output="final", max_tokens=6)
+    # Every map waits for `doc`, so all are registered before any is analysed and run.
     for i in range(16):
-        submit(c, "mr1", f"Summarize chunk {i}: " + "lorem ipsum " * 40, output=f"m{i}",
-               max_tokens=6, **{"X-Parrot-Criteria": "throughput"})
+        submit(c, "mr1", f"Summarize chunk {i} of {{{{doc}}}}: " + "lorem ipsum " * 40,
+               output=f"m{i}", max_tokens=6, **{"X-Parrot-Criteria": "throughput"})
+    assert httpx.put(f"{stack.url}/v1/sessions/mr1/variables/doc",
+                     json={"value": "the report"}).status_code == 200
     assert wait_var(stack.url, "mr1", "final")["status"] == "ready"
     graph = httpx.get(f"{stack.url}/v1/sessions/mr1").json()
     reqs = {r["output"]: r for r in graph["requests"]}
-    last_map = max(reqs[f"m{i}"]["finished_at"] for i in range(16))
-    assert reqs["final"]["started_at"] >= last_map
-    assert len(graph["edges"]) == 16
-    assert reqs["final"]["status"] == "done"
-    # Objective deduction: maps feed a latency-critical reduce, so they are latency-critical too.
-    assert all(reqs[f"m{i}"]["objective"] == "latency" for i in range(16))
-    assert len({reqs[f"m{i}"]["group"] for i in range(16)}) == 1
+    maps = [reqs[f"m{i}"] for i in range(16)]
+    final = reqs["final"]
+    assert len(graph["edges"]) == 16  # each map -> final (doc has no producer)
+    assert all(m["status"] == "done" for m in maps) and final["status"] == "done"
+    # Run-time objective: asked for throughput, ran latency-critical (deduced backwards).
+    assert all(m["criteria"] == "throughput" for m in maps)
+    assert [m["criteria_effective"] for m in maps] == ["latency"] * 16
+    assert final["criteria_effective"] == "latency" and final["group_effective"] is None
+    # Run-time task group: the 16 maps ran as one group, the one the full graph names.
+    groups = {m["group_effective"] for m in maps}
+    assert len(groups) == 1 and None not in groups
+    assert groups == {m["group"] for m in maps}
+    # Timestamps: every map started before the reduce was ready, which was after the
+    # last map finished; the reduce ran after that.
+    last_map = max(m["finished_at"] for m in maps)
+    assert max(m["started_at"] for m in maps) <= last_map <= final["ready_at"]
+    assert final["ready_at"] <= final["started_at"] <= final["finished_at"]
+    assert all(m["ready_at"] <= m["started_at"] <= m["finished_at"] for m in maps)
 
 
 def test_put_get_conflicts_and_errors(stack: Stack) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from backends.sim.engine import Engine, EngineConfig, EngineRequest
+import pytest
+
+from backends.sim.engine import Engine, EngineConfig, EngineRequest, RequestTooLarge
 from backends.sim.profiles import get_profile
 
 P = get_profile("h100-llama3-8b")
@@ -116,3 +118,20 @@ def test_abort_frees_everything():
     assert {ev.kind for ev in r.events} == {"aborted"}
     assert e.reserved_tokens == 0 and e.cache.protected_tokens == 0
     assert not e.has_work
+
+
+def test_kv_is_reserved_for_the_budget_asked_not_the_output_produced():
+    """A request that will stop early (EOS, stop string) still reserves max_new_tokens, as
+    SGLang does: the second one waits although the outputs alone would fit together."""
+    e = make(kv=1000)
+    early = EngineRequest("a", list(range(100)), list(range(5)), max_new_tokens=800)
+    with pytest.raises(RequestTooLarge):
+        e.add(EngineRequest("big", list(range(300)), list(range(5)), max_new_tokens=800), 0)
+    e.add(early, 0)
+    e.add(EngineRequest("b", list(range(500, 600)), list(range(5)), max_new_tokens=800), 0)
+    e.step(0.0)
+    assert set(e.running) == {"a"} and [r.req.rid for r in e.waiting] == ["b"]
+    # b waits: a holds its 100 prompt tokens (now cached) and 800 for output; b needs 900.
+    assert e.reserved_tokens == 800 and e.used_tokens == 900
+    _, _, done = run_all(e)
+    assert set(done) == {"a", "b"} and e.reserved_tokens == 0

@@ -13,8 +13,10 @@ import openai
 import pytest
 
 from analysis.tokenizer import get_tokenizer
-from backends.sim.server import SimConfig, SimThread, main, start_sim_thread
-from backends.sim.textgen import generate
+from backends.sim.app import SimThread, start_sim_thread
+from backends.sim.cli import main
+from backends.sim.config import SimConfig
+from backends.sim.textgen import eos_token_id, generate
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def test_generate_fields_match_sglang(fast: SimThread):
     assert {"prompt_tokens", "cached_tokens", "e2e_latency"} <= set(m)
     ids = httpx.post(fast.url + "/generate", json={
         "input_ids": get_tokenizer().encode("The capital of France is"),
-        "sampling_params": {"max_new_tokens": 6}}).json()
+        "sampling_params": {"max_new_tokens": 6, "temperature": 0}}).json()
     assert ids["text"] == r["text"] and ids["meta_info"]["cached_tokens"] > 0
     lines = []
     with httpx.stream("POST", fast.url + "/generate",
@@ -82,6 +84,79 @@ def test_generate_fields_match_sglang(fast: SimThread):
     assert lines[-1] == "data: [DONE]"
     last = json.loads(lines[-2][5:])
     assert last["text"] == r["text"] and last["meta_info"]["finish_reason"]["type"] == "length"
+
+
+@pytest.fixture(scope="module")
+def short_eos() -> Iterator[SimThread]:
+    """An engine whose outputs end by themselves (EOS) after 4..12 tokens."""
+    with start_sim_thread(SimConfig(time_scale=0.01, eos_after=(4, 12))) as t:
+        yield t
+
+
+def _sse(client: httpx.Client, path: str, body: dict) -> list[dict]:
+    with client.stream("POST", path, json={**body, "stream": True}) as r:
+        assert r.status_code == 200, r.read()
+        lines = [ln[5:].strip() for ln in r.iter_lines() if ln.startswith("data:")]
+    assert lines[-1] == "[DONE]"
+    return [json.loads(ln) for ln in lines[:-1]]
+
+
+def test_request_fields_change_the_output_and_unknown_fields_do_not(short_eos: SimThread):
+    c = httpx.Client(base_url=short_eos.url, timeout=30)
+    msgs = [{"role": "user", "content": "Name three birds."}]
+
+    def chat(**fields) -> dict:
+        r = c.post("/v1/chat/completions", json={"messages": msgs, "max_tokens": 30, **fields})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    full = chat(ignore_eos=True)
+    free = chat()
+    assert full["usage"]["completion_tokens"] == 30 and full["choices"][0]["finish_reason"] == "length"
+    n = free["usage"]["completion_tokens"]
+    assert 4 <= n <= 12 and free["choices"][0]["finish_reason"] == "stop"
+    assert free["choices"][0]["matched_stop"] == eos_token_id(get_tokenizer())
+    assert full["choices"][0]["message"]["content"].startswith(free["choices"][0]["message"]["content"])
+    # Unknown fields change nothing; seed and temperature do what the API says.
+    assert chat(ignore_eos=True, some_unknown_field={"x": 1}, another=[2])["choices"] == full["choices"]
+    s1, s2 = chat(seed=1, ignore_eos=True), chat(seed=2, ignore_eos=True)
+    assert s1["choices"] != s2["choices"] and chat(seed=1, ignore_eos=True)["choices"] == s1["choices"]
+    g1, g2 = chat(seed=1, temperature=0, ignore_eos=True), chat(seed=2, temperature=0, ignore_eos=True)
+    assert g1["choices"] == g2["choices"] != s1["choices"]
+    word = full["choices"][0]["message"]["content"].split()[5]
+    cut = chat(ignore_eos=True, stop=[" " + word])["choices"][0]
+    text = full["choices"][0]["message"]["content"]
+    assert cut["finish_reason"] == "stop" and cut["matched_stop"] == " " + word
+    assert cut["message"]["content"] == text[: text.index(" " + word)]
+
+    # Log-probabilities only when asked for; the stream carries the same ones.
+    assert full["choices"][0]["logprobs"] is None
+    lp = chat(ignore_eos=True, logprobs=True, top_logprobs=2)["choices"][0]["logprobs"]["content"]
+    assert len(lp) == 30 and all(len(e["top_logprobs"]) == 2 for e in lp)
+    assert "".join(e["token"] for e in lp) == text and lp[0]["top_logprobs"][0]["token"] == lp[0]["token"]
+    chunks = _sse(c, "/v1/chat/completions", {"messages": msgs, "max_tokens": 30, "ignore_eos": True,
+                                             "logprobs": True, "top_logprobs": 2})
+    streamed = [e for ch in chunks for choice in ch["choices"]
+                for e in ((choice.get("logprobs") or {}).get("content") or [])]
+    assert streamed == lp
+    bad = c.post("/v1/chat/completions", json={"messages": msgs, "top_logprobs": 2})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "logprobs"
+
+    comp = c.post("/v1/completions", json={"prompt": "Birds:", "max_tokens": 8, "ignore_eos": True,
+                                           "logprobs": 1}).json()["choices"][0]
+    clp = comp["logprobs"]
+    assert "".join(clp["tokens"]) == comp["text"] and len(clp["token_logprobs"]) == 8
+    assert clp["text_offset"][0] == 0 and all(len(d) == 1 for d in clp["top_logprobs"])
+    gen = c.post("/generate", json={"text": "Birds:", "return_logprob": True, "top_logprobs_num": 2,
+                                    "sampling_params": {"max_new_tokens": 40}}).json()
+    m = gen["meta_info"]
+    assert m["finish_reason"]["type"] == "stop" and 4 <= m["completion_tokens"] <= 12
+    assert [t[1] for t in m["output_token_logprobs"]] == gen["output_ids"]
+    assert all(len(top) == 2 for top in m["output_top_logprobs"])
+    plain = c.post("/generate", json={"text": "Birds:", "sampling_params": {
+        "max_new_tokens": 40, "ignore_eos": True}}).json()
+    assert plain["meta_info"]["completion_tokens"] == 40 and "output_token_logprobs" not in plain["meta_info"]
+    assert plain["text"].startswith(gen["text"])
 
 
 def test_info_load_metrics_flush_and_errors(fast: SimThread):
@@ -189,3 +264,6 @@ def test_main_rejects_bad_args():
     with pytest.raises(SystemExit):
         main(["--profile", "nope"])
     assert main(["--time-scale", "-1"]) == 2
+    for bad in ("5", "9,4", "0,3", "a,b"):
+        with pytest.raises(SystemExit):
+            main(["--eos-after", bad])

@@ -13,7 +13,8 @@ import httpx
 import openai
 import pytest
 
-from backends.sim.server import SimConfig, SimThread, start_sim_thread
+from backends.sim.app import SimThread, start_sim_thread
+from backends.sim.config import SimConfig
 from common.serving import free_port
 
 SMG = shutil.which("smg")

@@ -38,6 +38,15 @@ class EngineRequest:
     output_ids: Sequence[int]
     """The tokens this request will produce (decided up front by textgen)."""
     priority: int = 0
+    max_new_tokens: int | None = None
+    """The output budget asked for; the KV reservation is sized by it, as SGLang does
+    (default: ``len(output_ids)``, for requests that end exactly at their budget)."""
+
+    @property
+    def reserve_output(self) -> int:
+        """Output tokens reserved in the KV pool at admission (clipped like SGLang)."""
+        budget = self.max_new_tokens if self.max_new_tokens is not None else len(self.output_ids)
+        return min(max(budget, len(self.output_ids)), RESERVE_CLIP)
 
 
 @dataclass(frozen=True)
@@ -108,10 +117,10 @@ class Engine:
             raise ValueError(f"duplicate rid {req.rid!r}")
         if not req.input_ids:
             raise ValueError("empty prompt")
-        need = len(req.input_ids) + min(len(req.output_ids), RESERVE_CLIP)
+        need = len(req.input_ids) + req.reserve_output
         if need > self.config.kv_capacity_tokens:
             raise RequestTooLarge(
-                f"prompt ({len(req.input_ids)}) + max new tokens ({len(req.output_ids)}) "
+                f"prompt ({len(req.input_ids)}) + reserved output ({req.reserve_output} tokens) "
                 f"exceeds the KV pool ({self.config.kv_capacity_tokens} tokens)"
             )
         self.waiting.append(_Run(req, next(self._seq), now))
@@ -175,7 +184,7 @@ class Engine:
             if cached < m.length:
                 m = self.cache.match_prefix(run.req.input_ids[:cached], now)
             self.cache.lock(m.node)
-            need = len(run.req.input_ids) - cached + min(len(run.req.output_ids), RESERVE_CLIP)
+            need = len(run.req.input_ids) - cached + run.req.reserve_output
             free = cfg.kv_capacity_tokens - self.used_tokens
             if free < need:
                 free += self.cache.evict(need - free)

@@ -1,24 +1,25 @@
-"""Request parsing and response shaping for SGLang's HTTP API. Pure.
+"""Request parsing for SGLang's HTTP API: bodies in, :class:`Parsed` out. Pure.
 
 Field names follow SGLang's OpenAI-compatible server (``rid``, ``priority``,
-``usage.prompt_tokens_details.cached_tokens``, ``matched_stop``) and its
-native ``/generate`` (``sampling_params``, ``meta_info``). Unknown fields are
-tolerated, as SGLang does.
+``ignore_eos``, ``no_stop_trim``, ``stop_token_ids``) and its native ``/generate``
+(``sampling_params``, ``return_logprob``). The fields that change the output are
+``max_tokens``/``max_completion_tokens``/``max_new_tokens``, ``n``, ``seed``/
+``sampling_seed``, ``temperature`` (0 is greedy: the seed no longer matters),
+``stop``, ``stop_token_ids``, ``no_stop_trim``, ``ignore_eos`` and the logprob
+requests. Unknown fields are tolerated, as SGLang does, and never change the output.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from analysis.chat_template import render_chat
 from common.errors import BadRequest
 
-from .textgen import Generation
-
 DEFAULT_MAX_TOKENS = 128  # SGLang's default max_new_tokens for /generate; used everywhere here
+MAX_TOP_LOGPROBS = 20
 
 
 @dataclass
@@ -28,6 +29,13 @@ class Sampling:
     stop_token_ids: list[int] = field(default_factory=list)
     seed: int | None = None
     no_stop_trim: bool = False
+    temperature: float | None = None
+    """None: the API's default (1.0, sampling); 0: greedy."""
+    ignore_eos: bool = False
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
 
 
 @dataclass
@@ -45,6 +53,10 @@ class Parsed:
     model: str | None = None
     batch: bool = False
     """``/generate`` given a list of prompts answers with a list."""
+    logprobs: int | None = None
+    """Asked for log-probabilities with this many alternatives per token; None: not asked."""
+    logprob_text: bool = True
+    """``/generate``: token texts in the logprob triples (``return_text_in_logprobs``)."""
 
 
 def _int(body: dict[str, Any], key: str, default: int | None, lo: int | None = None) -> int | None:
@@ -56,6 +68,31 @@ def _int(body: dict[str, Any], key: str, default: int | None, lo: int | None = N
     if lo is not None and v < lo:
         raise BadRequest(f"'{key}' must be >= {lo}", param=key)
     return v
+
+
+def _bool(body: dict[str, Any], key: str, param: str | None = None) -> bool:
+    v = body.get(key)
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise BadRequest(f"'{param or key}' must be a boolean", param=param or key)
+    return v
+
+
+def _temperature(body: dict[str, Any], param: str = "temperature") -> float | None:
+    t = body.get("temperature")
+    if t is None:
+        return None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or t < 0:
+        raise BadRequest(f"'{param}' must be a number >= 0", param=param)
+    return float(t)
+
+
+def _top(body: dict[str, Any], key: str) -> int:
+    n = _int(body, key, 0, lo=0) or 0
+    if n > MAX_TOP_LOGPROBS:
+        raise BadRequest(f"'{key}' must be <= {MAX_TOP_LOGPROBS}", param=key)
+    return n
 
 
 def _stop(v: Any, param: str = "stop") -> list[str]:
@@ -106,11 +143,10 @@ def _openai_common(body: dict[str, Any]) -> tuple[Sampling, int, bool, bool, lis
         stop=_stop(body.get("stop")),
         stop_token_ids=_stop_ids(body.get("stop_token_ids")),
         seed=_int(body, "seed", None),
-        no_stop_trim=bool(body.get("no_stop_trim", False)),
+        no_stop_trim=_bool(body, "no_stop_trim"),
+        temperature=_temperature(body),
+        ignore_eos=_bool(body, "ignore_eos"),
     )
-    temperature = body.get("temperature")
-    if temperature is not None and (not isinstance(temperature, (int, float)) or temperature < 0):
-        raise BadRequest("'temperature' must be a number >= 0", param="temperature")
     priority = _int(body, "priority", 0) or 0
     return sampling, n, stream, include_usage, _rids(body.get("rid")), priority
 
@@ -130,8 +166,13 @@ def parse_chat(body: Any, encode: Callable[[str], list[int]]) -> Parsed:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str):
             raise BadRequest("each message needs a string 'role'", param="messages")
     sampling, n, stream, usage, rids, priority = _openai_common(body)
+    top = _top(body, "top_logprobs")
+    logprobs = _bool(body, "logprobs")
+    if top and not logprobs:
+        raise BadRequest("'logprobs' must be true when 'top_logprobs' is set", param="logprobs")
     prompt = encode(render_chat(messages))
-    return Parsed("chat", [prompt], sampling, n, stream, usage, rids, priority, body.get("model"))
+    return Parsed("chat", [prompt], sampling, n, stream, usage, rids, priority, body.get("model"),
+                  logprobs=top if logprobs else None)
 
 
 def _prompts(v: Any, encode: Callable[[str], list[int]], param: str) -> tuple[list[list[int]], bool]:
@@ -158,8 +199,9 @@ def parse_completion(body: Any, encode: Callable[[str], list[int]]) -> Parsed:
         raise BadRequest("'prompt' is required", param="prompt")
     prompts, batch = _prompts(body["prompt"], encode, "prompt")
     sampling, n, stream, usage, rids, priority = _openai_common(body)
+    logprobs = _top(body, "logprobs") if body.get("logprobs") is not None else None
     return Parsed("completion", prompts, sampling, n, stream, usage, rids, priority,
-                  body.get("model"), batch)
+                  body.get("model"), batch, logprobs)
 
 
 def parse_generate(body: Any, encode: Callable[[str], list[int]]) -> Parsed:
@@ -178,100 +220,12 @@ def parse_generate(body: Any, encode: Callable[[str], list[int]]) -> Parsed:
         stop=_stop(sp.get("stop"), "sampling_params.stop"),
         stop_token_ids=_stop_ids(sp.get("stop_token_ids")),
         seed=_int(sp, "sampling_seed", None),
-        no_stop_trim=bool(sp.get("no_stop_trim", False)),
+        no_stop_trim=_bool(sp, "no_stop_trim", "sampling_params.no_stop_trim"),
+        temperature=_temperature(sp, "sampling_params.temperature"),
+        ignore_eos=_bool(sp, "ignore_eos", "sampling_params.ignore_eos"),
     )
     n = _int(sp, "n", 1, lo=1) or 1
+    logprobs = _top(body, "top_logprobs_num") if _bool(body, "return_logprob") else None
     return Parsed("generate", prompts, sampling, n, bool(body.get("stream", False)), False,
-                  _rids(body.get("rid")), _int(body, "priority", 0) or 0, None, batch)
-
-
-# -- responses -------------------------------------------------------------------------
-
-
-@dataclass
-class Done:
-    """A finished completion, ready to be shaped into any of the APIs."""
-
-    rid: str
-    index: int
-    prompt_tokens: int
-    cached_tokens: int
-    gen: Generation
-    produced: int
-    """Tokens actually produced (== len(gen.token_ids) unless aborted)."""
-    e2e_latency: float = 0.0
-
-
-def new_id(prefix: str = "") -> str:
-    return prefix + uuid.uuid4().hex
-
-
-def usage(done: Sequence[Done], prompt_counted: Sequence[Done] | None = None) -> dict[str, Any]:
-    firsts = prompt_counted if prompt_counted is not None else done
-    prompt = sum(d.prompt_tokens for d in firsts)
-    completion = sum(d.produced for d in done)
-    return {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": sum(d.cached_tokens for d in firsts)},
-    }
-
-
-def sglang_finish_reason(d: Done) -> dict[str, Any]:
-    if d.gen.finish_reason == "stop":
-        return {"type": "stop", "matched": d.gen.matched_stop}
-    return {"type": "length", "length": d.produced}
-
-
-def generate_item(d: Done, text: str, output_ids: list[int], finished: bool) -> dict[str, Any]:
-    return {
-        "text": text,
-        "output_ids": output_ids,
-        "meta_info": {
-            "id": d.rid,
-            "finish_reason": sglang_finish_reason(d) if finished else None,
-            "prompt_tokens": d.prompt_tokens,
-            "completion_tokens": len(output_ids),
-            "cached_tokens": d.cached_tokens,
-            "e2e_latency": d.e2e_latency,
-        },
-    }
-
-
-def chat_response(rid: str, model: str, created: int, done: Sequence[Done],
-                  prompt_counted: Sequence[Done]) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": d.index,
-                "message": {"role": "assistant", "content": d.gen.text,
-                            "reasoning_content": None, "tool_calls": None},
-                "logprobs": None,
-                "finish_reason": d.gen.finish_reason,
-                "matched_stop": d.gen.matched_stop,
-            }
-            for d in done
-        ],
-        "usage": usage(done, prompt_counted),
-    }
-
-
-def completion_response(rid: str, model: str, created: int, done: Sequence[Done],
-                        prompt_counted: Sequence[Done]) -> dict[str, Any]:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {"index": d.index, "text": d.gen.text, "logprobs": None,
-             "finish_reason": d.gen.finish_reason, "matched_stop": d.gen.matched_stop}
-            for d in done
-        ],
-        "usage": usage(done, prompt_counted),
-    }
+                  _rids(body.get("rid")), _int(body, "priority", 0) or 0, None, batch, logprobs,
+                  _bool(body, "return_text_in_logprobs"))

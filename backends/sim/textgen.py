@@ -1,22 +1,35 @@
-"""Deterministic pseudo-text: the tokens a simulated request will produce.
+"""Deterministic pseudo-text: the tokens a simulated request will produce. Pure.
 
 Output is a function of (prompt tokens, seed, max_tokens) alone: the same
-request always yields the same text, with exactly ``max_tokens`` tokens unless
-a stop string or stop token ends it first. Tokens are ids of common English
-words (one token each in the tokenizer) so the text reads like words.
-Pure: no I/O.
+request always yields the same text. ``seed=None`` is greedy decoding
+(temperature 0): the text then depends on the prompt only. Without
+``ignore_eos`` a sequence ends by itself: after a deterministic number of tokens
+in ``eos_after`` (drawn from the prompt and seed) it emits the EOS token, which
+counts as a completion token but adds no text, and finishes with ``"stop"``. The
+tokens before EOS are the same with or without ``ignore_eos``. A stop string or
+stop token may end it earlier, ``max_tokens`` always bounds it. Tokens are ids
+of common English words (one token each in the tokenizer) so the text reads like
+words. Log-probabilities, when asked for, are derived from the tokens alone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Any
+from functools import cached_property, lru_cache
 
 from analysis.tokenizer import Tokenizer
+
+EOS_AFTER = (2048, 4096)
+"""Default range of natural output lengths (EOS included). Above every ``max_tokens``
+the tests and README use without ``ignore_eos``, so those get exactly ``max_tokens``."""
+
+_EOS_IDS = {"cl100k_base": 100257}  # <|endoftext|>; the byte fallback tokenizer uses 0 (NUL)
+
 
 _WORDS = (
     "the of and to in is that it was for on are as with his they at be this from have or "
@@ -43,69 +56,122 @@ _WORDS = (
 @dataclass(frozen=True)
 class Generation:
     token_ids: list[int]
-    """Tokens produced (up to and including a matched stop token or string)."""
+    """Tokens produced (up to and including a matched stop token, EOS or stop string)."""
     pieces: list[str]
     """Text each token contributes to the visible output (stop string trimmed)."""
     finish_reason: str
-    """``"length"`` or ``"stop"``."""
+    """``"length"``, ``"stop"`` or (when cut short) ``"abort"``."""
     matched_stop: str | int | None = None
+    """The stop string, or the id of the stop token or EOS, that ended it."""
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
 
+    @cached_property
+    def offsets(self) -> list[int]:
+        """Where each token's piece starts in ``text``."""
+        ends = list(itertools.accumulate(len(p) for p in self.pieces))
+        return [0, *ends[:-1]] if ends else []
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    token_id: int
+    token: str
+    logprob: float
+    top: tuple[tuple[int, str, float], ...]
+    """The most likely tokens at this position, best first; the chosen token leads."""
+
+
+@dataclass(frozen=True)
+class _Vocab:
+    words: tuple[int, ...]
+    text: dict[int, str]
+    period: int
+    comma: int
+
 
 @lru_cache(maxsize=4)
-def _vocab(tok: Tokenizer) -> tuple[tuple[int, ...], int, int]:
+def _vocab(tok: Tokenizer) -> _Vocab:
     words = []
     for w in _WORDS:
         ids = tok.encode(" " + w)
         if len(ids) == 1:
             words.append(ids[0])
+    if not words:  # a byte-level tokenizer: words are letters
+        words = [t for c in "etaoinshrdlucmfwyp " for t in tok.encode(c)]
     period = tok.encode(".")
     comma = tok.encode(",")
     period_id = period[0] if len(period) == 1 else words[0]
     comma_id = comma[0] if len(comma) == 1 else words[1]
-    return tuple(words), period_id, comma_id
+    ids = [*words, period_id, comma_id]
+    return _Vocab(tuple(words), {t: tok.decode([t]) for t in ids}, period_id, comma_id)
 
 
-def _rng(prompt_ids: Sequence[int], seed: int) -> random.Random:
+def eos_token_id(tok: Tokenizer) -> int:
+    return _EOS_IDS.get(tok.name, 0)
+
+
+def _digest(prompt_ids: Sequence[int], seed: int | None) -> bytes:
     h = hashlib.sha256(str(seed).encode())
     h.update(b"|")
     h.update(",".join(map(str, prompt_ids)).encode())
-    return random.Random(int.from_bytes(h.digest()[:8], "big"))
+    return h.digest()
+
+
+def natural_length(prompt_ids: Sequence[int], seed: int | None,
+                   eos_after: tuple[int, int] = EOS_AFTER) -> int:
+    """Tokens, EOS included, after which this (prompt, seed) ends by itself."""
+    return _natural_length(_digest(prompt_ids, seed), eos_after)
+
+
+def _natural_length(digest: bytes, eos_after: tuple[int, int]) -> int:
+    lo, hi = eos_after
+    if not 1 <= lo <= hi:
+        raise ValueError("eos_after must be 1 <= lo <= hi")
+    return lo + int.from_bytes(digest[8:16], "big") % (hi - lo + 1)
 
 
 def generate(
     tok: Tokenizer,
     prompt_ids: Sequence[int],
     max_tokens: int,
-    seed: int = 0,
+    seed: int | None = 0,
     stop: Sequence[str] = (),
     stop_token_ids: Sequence[int] = (),
     no_stop_trim: bool = False,
+    eos_after: tuple[int, int] | None = None,
 ) -> Generation:
-    """The completion of ``prompt_ids``: ``max_tokens`` word tokens, cut at the
-    first stop token (kept in ``token_ids``) or stop string (text trimmed
-    before it unless ``no_stop_trim``, as SGLang does)."""
-    words, period, comma = _vocab(tok)
-    rng = _rng(prompt_ids, seed)
+    """The completion of ``prompt_ids``: up to ``max_tokens`` word tokens, cut at
+    EOS (unless ``eos_after`` is None, i.e. ``ignore_eos``), at the first stop
+    token (kept in ``token_ids``) or stop string (text trimmed before it unless
+    ``no_stop_trim``, as SGLang does). ``seed=None`` decodes greedily."""
+    v = _vocab(tok)
+    digest = _digest(prompt_ids, seed)
+    rng = random.Random(int.from_bytes(digest[:8], "big"))
+    eos_at = _natural_length(digest, eos_after) if eos_after is not None else None
+    eos = eos_token_id(tok)
     stop_ids = set(stop_token_ids)
     stops = [s for s in stop if s]
     ids: list[int] = []
     pieces: list[str] = []
     text = ""
     since_period = 0
-    for _ in range(max(max_tokens, 0)):
+    for i in range(max(max_tokens, 0)):
+        if i + 1 == eos_at:
+            ids.append(eos)
+            pieces.append("")  # special tokens are skipped in the text, as SGLang does
+            return Generation(ids, pieces, "stop", eos)
         since_period += 1
         if since_period > 4 and rng.random() < 0.12:
-            t, since_period = period, 0
+            t, since_period = v.period, 0
         elif since_period > 2 and rng.random() < 0.06:
-            t = comma
+            t = v.comma
         else:
-            t = words[rng.randrange(len(words))]
+            t = v.words[rng.randrange(len(v.words))]
         ids.append(t)
-        piece = tok.decode([t])
+        piece = v.text[t]
         if t in stop_ids:
             pieces.append("" if not no_stop_trim else piece)
             return Generation(ids, pieces, "stop", t)
@@ -137,12 +203,26 @@ def _first_stop(text: str, stops: list[str], start: int) -> tuple[int, str] | No
     return best
 
 
-def normalize_stop(stop: Any) -> list[str]:
-    """OpenAI's ``stop``: None, a string or a list of strings."""
-    if stop is None:
-        return []
-    if isinstance(stop, str):
-        return [stop]
-    if isinstance(stop, list) and all(isinstance(s, str) for s in stop):
-        return list(stop)
-    raise ValueError("stop must be a string or a list of strings")
+def token_logprobs(tok: Tokenizer, token_ids: Sequence[int], top_n: int) -> list[TokenLogprob]:
+    """Log-probabilities of ``token_ids`` with ``top_n`` alternatives each, deterministic
+    in the tokens. The chosen token is the most likely (greedy-consistent) and the
+    probabilities at a position sum to at most 1."""
+    v = _vocab(tok)
+    out = []
+    prev = -1
+    for i, t in enumerate(token_ids):
+        rng = random.Random(f"{i}:{prev}:{t}")
+        p = rng.uniform(0.5, 0.99)
+        rest = 1.0 - p
+        top = [(t, _text(tok, v, t), math.log(p))]
+        alts = [w for w in rng.sample(v.words, min(top_n, len(v.words))) if w != t]
+        for k, w in enumerate(alts[: max(top_n - 1, 0)]):
+            top.append((w, v.text[w], math.log(rest * 0.5 ** (k + 1))))
+        out.append(TokenLogprob(t, top[0][1], top[0][2], tuple(top[:top_n])))
+        prev = t
+    return out
+
+
+def _text(tok: Tokenizer, v: _Vocab, t: int) -> str:
+    s = v.text.get(t)
+    return s if s is not None else tok.decode([t])

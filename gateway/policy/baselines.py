@@ -30,9 +30,17 @@ class _FifoPolicy:
         self._dispatched = 0
 
     def add_engine(
-        self, engine: str, capacity: int, kv_capacity_tokens: int | None, now: float
+        self,
+        engine: str,
+        capacity: int,
+        kv_capacity_tokens: int | None,
+        now: float,
+        chunk_tokens: int | None = None,
     ) -> None:
         self._engines.add(engine, self.config.engine_capacity(capacity), kv_capacity_tokens)
+
+    def set_share(self, share: float, now: float) -> None:
+        self._engines.set_share(share)
 
     def remove_engine(self, engine: str, now: float) -> list[str]:
         e = self._engines.remove(engine)
@@ -69,6 +77,9 @@ class _FifoPolicy:
 
     def on_prefill_done(self, job_id: str, now: float) -> None:
         pass
+
+    def set_group(self, job_id: str, group: str | None, now: float) -> None:
+        pass  # baselines know no groups
 
     def on_finish(
         self, job_id: str, now: float, cached_tokens: int | None = None, ok: bool = True

@@ -2,7 +2,9 @@
 
 Each engine has a hard in-flight cap (``capacity``) and a lower one for
 throughput work (``thr_limit``), leaving a few slots that only
-latency-critical jobs may take. Two lazy heaps (one per class) hold the
+latency-critical jobs may take. With several gateway replicas each one holds
+``share`` of every engine's capacity and prefill budget (``set_share``), so
+together they never exceed what the engine takes. Two lazy heaps (one per class) hold the
 engines with a free slot for that class, keyed by outstanding work; an entry
 is valid while the engine's ``version`` is unchanged.
 """
@@ -10,8 +12,10 @@ is valid while the engine's ``version`` is unchanged.
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from hashlib import blake2b
 
 LATENCY = 0
 THROUGHPUT = 1
@@ -35,6 +39,28 @@ class EngineState:
     backlog: float = 0.0  # prefill cost (decode steps) of our jobs whose prefill is not done
     version: int = 0
     jobs: set[str] = field(default_factory=set)
+    base_capacity: int = 0  # what the engine advertises (capped by config), before the share
+    chunk_tokens: int = 8192  # tokens the engine prefills in one forward pass
+    backlog_tokens: int = 0  # uncached prompt tokens sent and not yet prefilled
+    backlog_latency: int = 0  # the part of backlog_tokens from latency-class jobs
+    latency_inflight: int = 0  # latency-class jobs in flight
+    prefilling: int = 0  # jobs in flight whose first token has not come yet
+    apps: dict[str, int] = field(default_factory=dict)  # application -> jobs in flight
+    name_hash: int = 0  # stable 64-bit hash of the name (rendezvous hashing)
+    prefill_rate: float = 0.0  # uncached tokens sent per second (decaying average)
+    rate_at: float = 0.0  # when prefill_rate was last updated
+
+    def prefill_duty(self, now: float, tau: float, s_per_token: float) -> float:
+        """Share of the engine's time that the prefill we sent lately needs."""
+        return self.decayed_rate(now, tau) * s_per_token
+
+    def decayed_rate(self, now: float, tau: float) -> float:
+        dt = max(0.0, now - self.rate_at)
+        return self.prefill_rate * math.exp(-dt / tau) if tau > 0 else 0.0
+
+    def add_prefill(self, tokens: int, now: float, tau: float) -> None:
+        self.prefill_rate = self.decayed_rate(now, tau) + (tokens / tau if tau > 0 else 0.0)
+        self.rate_at = now
 
     @property
     def load(self) -> int:
@@ -71,6 +97,11 @@ class EngineTable:
         self._external_work = external_work
         self._heaps: tuple[list[tuple[float, int, int, int, str]], ...] = ([], [])
         self._order = 0
+        self._share = 1.0
+
+    @property
+    def share(self) -> float:
+        return self._share
 
     def __contains__(self, name: str) -> bool:
         return name in self.engines
@@ -85,20 +116,37 @@ class EngineTable:
         return sum(1 for e in self.engines.values() if e.healthy)
 
     # membership --------------------------------------------------------------
-    def add(self, name: str, capacity: int, kv_capacity: int | None) -> EngineState:
-        capacity = max(1, capacity)
-        thr = capacity - int(capacity * self._reserve_frac) if capacity > 1 else capacity
+    def add(
+        self, name: str, capacity: int, kv_capacity: int | None, chunk_tokens: int | None = None
+    ) -> EngineState:
         old = self.engines.get(name)
         if old is not None:
             self._count(old, -1)
-            old.capacity, old.thr_limit, old.kv_capacity = capacity, max(1, thr), kv_capacity
-            self._changed(old)
-            return old
-        self._order += 1
-        e = EngineState(name, capacity, max(1, thr), kv_capacity, self._order, self._external_work)
-        self.engines[name] = e
+            e = old
+        else:
+            self._order += 1
+            e = EngineState(name, 1, 1, kv_capacity, self._order, self._external_work)
+            e.name_hash = int.from_bytes(blake2b(name.encode(), digest_size=8).digest(), "little")
+            self.engines[name] = e
+        e.base_capacity, e.kv_capacity = max(1, capacity), kv_capacity
+        if chunk_tokens:
+            e.chunk_tokens = chunk_tokens
+        self._resize(e)
         self._changed(e)
         return e
+
+    def set_share(self, share: float) -> None:
+        """This replica's fraction of every engine (1 / live replicas)."""
+        self._share = min(1.0, max(share, 1e-3))
+        for e in self.engines.values():
+            self._count(e, -1)
+            self._resize(e)
+            self._changed(e)
+
+    def _resize(self, e: EngineState) -> None:
+        capacity = max(1, int(e.base_capacity * self._share))
+        thr = capacity - int(capacity * self._reserve_frac) if capacity > 1 else capacity
+        e.capacity, e.thr_limit = capacity, max(1, thr)
 
     def remove(self, name: str) -> EngineState | None:
         e = self.engines.pop(name, None)

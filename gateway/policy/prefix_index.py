@@ -163,18 +163,29 @@ class PrefixIndex:
                 self._drop_owner(h, engine)
 
     def observe(
-        self, engine: str, hashes: Sequence[int], cached_tokens: int, expected_tokens: int
+        self,
+        engine: str,
+        hashes: Sequence[int],
+        cached_tokens: int,
+        expected_tokens: int,
+        block_tokens: float | None = None,
     ) -> None:
         """Correct the estimate with the engine's reported ``cached_tokens``.
 
         Fewer cached tokens than predicted means the engine evicted what we
         still listed (smaller cache, other clients, flush): shrink the assumed
-        capacity by the shortfall. An accurate prediction lets it grow back.
+        capacity by the shortfall. Block boundaries and token counts are only
+        estimates (hashes are over text, tokens are the engine's), so a
+        shortfall within a block plus 10% of the prediction is noise, not
+        eviction. An accurate prediction lets the capacity grow back.
         """
         lru = self._lru.get(engine)
         if lru is None:
             return
-        shortfall = (expected_tokens - cached_tokens) // self.block_tokens
+        per_block = block_tokens if block_tokens and block_tokens > 0 else float(self.block_tokens)
+        slack = per_block + 0.1 * expected_tokens
+        missing = expected_tokens - cached_tokens
+        shortfall = int((missing - slack) // per_block) + 1 if missing > slack else 0
         if shortfall > 0:
             held = min(self._cap[engine], len(lru))
             self._cap[engine] = max(self._min_cap, held - shortfall)

@@ -1,47 +1,46 @@
 """Application-aware scheduling policy (pure): events in, dispatch decisions out.
 
-The gateway keeps the queue; each engine gets a bounded number of requests
-so the order stays ours to choose. ``Scheduler.schedule(now)`` drains the
-fair queue (latency class first, weighted fair between tenants, aging for
-throughput work) and places every job it can:
+The gateway keeps the queue; engines get only what ``admission`` lets through,
+so the order stays ours to choose. ``Scheduler.schedule(now)`` drains the fair
+queue (latency class first; fair between tenants; inside a tenant, older
+applications first, then more remaining downstream work; aging for throughput
+work) and places every job it can:
 
-- every job goes to the cheapest of a few candidates: the engine with the
-  least outstanding work, plus the engines holding (or computing) a prefix
-  of its prompt of at least ``affinity_min_tokens``. In decode-step units
-  (``SchedulerConfig.cost_*``: s per output token, c_p per prefilled token,
-  alpha = step slowdown per co-running request), with ``batch`` the
-  requests on the engine and ``uncached`` the prompt tokens it neither holds
-  nor is computing::
+- every job goes to the cheapest engine that admits it now. Costs are in
+  decode-step units (``SchedulerConfig.cost_*``: s per output token, c_p per
+  prefilled token, alpha = step slowdown per co-running request), with ``u``
+  the prompt tokens the engine neither holds nor is computing and ``n`` the
+  requests running there::
 
-      finish  = prefill_backlog + uncached*c_p + max_tokens*s*(1 + alpha*batch)
-      harm    = max_tokens*s*alpha*batch      # slowdown of the engine's batch
-      compute = uncached*c_p                  # engine time; favours reuse
-      score   = finish + harm + compute       # ties: more cached tokens
+      own     = backlog + u*c_p + max_tokens*s*(1 + alpha*n)   # its finish
+      harm    = u*c_p*n + max_tokens*s*alpha*n                  # stalls + slowdown of the others
+      compute = u*c_p                                           # engine time spent
+      score   = own + harm + compute                            # ties: more cached tokens
 
-  so a shared prefix attracts jobs only while re-computing it elsewhere
-  costs more than joining a bigger batch: eight 500-token branches of a
-  4k-token prefix split over two engines, thirty-two 4-token answers stay
-  together. A holder loaded beyond both balance thresholds relative to the
-  least-loaded engine is never a candidate (hard override);
-- the siblings of a task group leave together, longest first, each placed
-  by the same score, which spreads them and still honours a shared prefix;
+  so a shared prefix keeps its jobs together until joining the busier engine
+  costs more than recomputing the prefix elsewhere. A prefix this replica has
+  not seen yet counts as held by its *home*: the engine with the highest
+  rendezvous hash of its first ``home_blocks`` blocks, which every replica
+  computes alike, so replicas route a new prefix to the same engine without
+  talking to each other. A holder loaded beyond both balance
+  thresholds relative to the least-loaded engine is never a candidate;
+- the siblings of a task group leave together, longest first, each placed by
+  the same score, which spreads them and still honours a shared prefix;
 - a job whose chosen engine is still computing (``pending``) a shared prefix
   of at least ``warmup_min_tokens`` is held as a follower of the job
   computing it (the leader) and re-queued when the leader's prefill is done,
   fails, is cancelled, or ``warmup_timeout_s`` passes; followers reserve
   slots on that engine, so once they fill it the next job becomes a leader
   elsewhere and each engine prefills the prefix about once.
-
-``RoundRobinPolicy`` and ``LeastLoadedPolicy`` (``baselines``)
-implement the same interface as baselines; ``make_scheduler`` picks by name.
 """
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from .admission import REASONS, refusal
 from .engines import EngineState, EngineTable
 from .fair_queue import LATENCY, THROUGHPUT, FairQueue
 from .prefix_index import PrefixIndex
@@ -49,21 +48,26 @@ from .types import Dispatch, Job, SchedulerConfig
 
 _QUEUED, _HELD, _INFLIGHT = "queued", "held", "inflight"
 _MAX_HOLDER_SCAN = 16  # prefix-holding engines examined per job
+_SCAN_ALL = 16  # with at most this many engines, every one is a candidate
 
 
 @dataclass
 class _Rec:
     job: Job
     hashes: tuple[int, ...]
+    tpb: float  # estimated tokens per hash block
     state: str = _QUEUED
     engine: str | None = None  # in flight: where; held: where the leader runs
     leader: str | None = None  # held: the job we wait for
+    cls: int = LATENCY
     expected: int = 0
     work: float = 0.0
     kv: int = 0
+    uncached: int = 0  # in flight, prefill not done: its share of the engine's backlog
     pending_leader: bool = False  # in flight and computing a shared prefix
     prefill_cost: float = 0.0  # in flight, prefill not done: its share of the engine backlog
     prefill_done: bool = False
+    prefilling: bool = False  # counted in its engine's ``prefilling``
     followers: list[str] = field(default_factory=list)
 
 
@@ -72,7 +76,6 @@ class Scheduler:
 
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         self.config = cfg = config or SchedulerConfig()
-        self._block = cfg.block_tokens
         self._engines = EngineTable(cfg.latency_reserve_frac, cfg.external_request_work)
         self._index = PrefixIndex(cfg.block_tokens)
         self._queue = FairQueue(cfg.max_wait_s)
@@ -81,13 +84,25 @@ class Scheduler:
         self._warmups: deque[tuple[float, str]] = deque()  # (deadline, leader)
         self._dispatched = 0
         self._held = 0
+        self._refused: Counter[str] = Counter()  # admission refusals, by reason
+        self._protected: frozenset[str] = frozenset()
+        self._now = 0.0
 
     # engines -----------------------------------------------------------------
     def add_engine(
-        self, engine: str, capacity: int, kv_capacity_tokens: int | None, now: float
+        self,
+        engine: str,
+        capacity: int,
+        kv_capacity_tokens: int | None,
+        now: float,
+        chunk_tokens: int | None = None,
     ) -> None:
-        """Add (or resize) an engine. ``capacity``: requests it may run at once."""
-        self._engines.add(engine, self.config.engine_capacity(capacity), kv_capacity_tokens)
+        """Add (or resize) an engine. ``capacity``: requests it may run at once;
+        ``chunk_tokens``: what it prefills per forward pass (SGLang chunked_prefill_size)."""
+        self._engines.add(
+            engine, self.config.engine_capacity(capacity), kv_capacity_tokens,
+            chunk_tokens or self.config.default_chunk_tokens,
+        )
         if self._index.blocks(engine) == 0:
             self._index.add_engine(
                 engine, kv_capacity_tokens or self.config.default_kv_capacity_tokens
@@ -110,6 +125,10 @@ class Scheduler:
         if e is not None and e.healthy != healthy:
             self._engines.update(e, healthy=healthy)
 
+    def set_share(self, share: float, now: float) -> None:
+        """This replica's fraction of every engine's capacity and budgets."""
+        self._engines.set_share(share)
+
     def on_load(
         self, engine: str, num_reqs: int, num_waiting: int, num_tokens: int, now: float
     ) -> None:
@@ -127,10 +146,17 @@ class Scheduler:
         """Queue a ready job. Ids must be unique among live jobs."""
         if job.id in self._recs:
             raise ValueError(f"job {job.id!r} already submitted")
-        rec = _Rec(job, job.prefix_hashes)
+        tpb = job.block_tokens if job.block_tokens > 0 else float(self.config.block_tokens)
+        rec = _Rec(job, job.prefix_hashes, tpb)
         self._recs[job.id] = rec
         cost = job.prompt_tokens * self.config.prefill_token_weight + job.max_tokens
-        self._queue.push(job.id, job.tenant, job.weight, cost, job.latency_critical, now)
+        if job.attained is not None:
+            order: tuple[float, ...] = (0.0, job.attained, now)  # least attained service first
+        else:
+            started = job.app_started if job.app_started is not None else now
+            order = (1.0, started, -job.downstream_s)
+        self._queue.push(job.id, job.tenant, job.weight, cost, job.latency_critical, now,
+                         order=order)
         if job.group is not None:
             self._groups.setdefault(job.group, {})[job.id] = None
 
@@ -152,6 +178,17 @@ class Scheduler:
         self._ungroup(rec)
         del self._recs[job_id]
         return True
+
+    def set_group(self, job_id: str, group: str | None, now: float) -> None:
+        """Put a queued job in task group ``group`` (known only once its siblings'
+        consumer registered); in-flight or unknown jobs are left alone."""
+        rec = self._recs.get(job_id)
+        if rec is None or rec.state != _QUEUED or rec.job.group == group:
+            return
+        self._ungroup(rec)
+        rec.job.group = group
+        if group is not None:
+            self._groups.setdefault(group, {})[job_id] = None
 
     def on_prefill_done(self, job_id: str, now: float) -> None:
         """First token seen: a leader's prefix is cached, its followers may go."""
@@ -176,7 +213,7 @@ class Scheduler:
         if ok or rec.prefill_done:
             self._release(rec)
             if cached_tokens is not None:
-                self._index.observe(engine, rec.hashes, cached_tokens, rec.expected)
+                self._index.observe(engine, rec.hashes, cached_tokens, rec.expected, rec.tpb)
         else:
             self._release(rec, abort=True)
 
@@ -184,7 +221,9 @@ class Scheduler:
     def schedule(self, now: float) -> list[Dispatch]:
         """Everything that can start now, in dispatch order."""
         out: list[Dispatch] = []
+        self._now = now
         self._expire_warmups(now)
+        self._protected = self._protected_engines()
         queue = self._queue
         free = self._engines.free
         skipped: list[str] = []
@@ -219,12 +258,17 @@ class Scheduler:
                 "work": round(e.work, 1),
                 "kv_tokens": e.kv_tokens,
                 "external_reqs": e.external_reqs,
+                "prefill_backlog_tokens": e.backlog_tokens,
+                "applications": len(e.apps),
+                "latency_inflight": e.latency_inflight,
+                "protected": e.name in self._protected,
                 "cache_blocks": self._index.blocks(e.name),
             }
             for e in self._engines.engines.values()
         }
         return {
             "policy": "parrot",
+            "share": self._engines.share,
             "queued": len(self._queue),
             "queued_latency": self._queue.class_len(LATENCY),
             "queued_throughput": self._queue.class_len(THROUGHPUT),
@@ -232,6 +276,7 @@ class Scheduler:
             "held": self._held,
             "inflight": sum(e.inflight for e in self._engines.engines.values()),
             "dispatched": self._dispatched,
+            "admission_refusals": {r: self._refused[r] for r in REASONS},
             "engines": engines,
         }
 
@@ -245,79 +290,126 @@ class Scheduler:
             target = table.get(job.pin_engine)
             if target is None or not target.fits(kv, cls):
                 return False
+            cached = int(self._index.match(target.name, rec.hashes).resident * rec.tpb)
+            if self._refuse(rec, target, cls, cached):
+                return False
         else:
             avoid = job.avoid
             if avoid and sum(1 for a in avoid if a in table) >= table.healthy_count():
                 avoid = frozenset()  # nothing else left: a retry beats waiting forever
-            least = table.least_loaded(cls, kv, avoid)
-            if least is None:
+            chosen = self._choose(rec, cls, kv, avoid)
+            if chosen is None:
                 return False
-            target = self._choose(rec, least, cls, kv, avoid)
+            target = chosen
         m = self._index.match(target.name, rec.hashes)
-        if m.pending and m.pending * self._block >= self.config.warmup_min_tokens:
+        if m.pending and m.pending * rec.tpb >= self.config.warmup_min_tokens:
             leader = self._recs.get(m.leader or "")
             if leader is not None and leader.state == _INFLIGHT and leader is not rec:
                 self._hold(rec, leader, target, now)
                 return True
-        self._dispatch(rec, target, cls, m.resident * self._block, out, now)
+        self._dispatch(rec, target, cls, int(m.resident * rec.tpb), out, now)
         return True
 
-    def _choose(
-        self, rec: _Rec, least: EngineState, cls: int, kv: int, avoid: frozenset[str]
-    ) -> EngineState:
-        """The cheapest candidate by the cost score (see module docstring).
+    def _refuse(self, rec: _Rec, e: EngineState, cls: int, cached: int) -> bool:
+        """Admission check; counts the refusal by reason."""
+        why = refusal(
+            e, max(0, rec.job.prompt_tokens - cached), cls == LATENCY, rec.job.session,
+            e.name in self._protected, self.config, self._engines.share, self._now,
+        )
+        if why is None:
+            return False
+        self._refused[why] += 1
+        return True
 
-        Candidates: ``least`` and up to ``_MAX_HOLDER_SCAN`` engines holding a
-        prefix of the prompt, deepest first, so the cost is O(prefix blocks), not
-        O(engines).
-        A candidate loaded beyond both balance thresholds relative to the
-        least-loaded candidate (by requests) is dropped before scoring.
-        """
-        cfg = self.config
-        engines = self._engines.engines
-        cands: list[tuple[EngineState, int]] = []
-        lightest = least
-        seen: set[str] = set()
+    def _candidates(
+        self, rec: _Rec, cls: int, kv: int, avoid: frozenset[str]
+    ) -> list[tuple[EngineState, int, int]]:
+        """Engines that could take the job (slots, KV), with the tokens they are
+        believed to hold: for scoring (the home's hint included) and for real."""
+        table = self._engines
+        engines = table.engines
+        cached_on: dict[str, int] = {}
+        seen = 0
         for depth, holders in self._index.levels(rec.hashes):
-            cached = depth * self._block
-            if cached < cfg.affinity_min_tokens or len(seen) >= _MAX_HOLDER_SCAN:
+            cached = int(depth * rec.tpb)
+            if cached < self.config.affinity_min_tokens or seen >= _MAX_HOLDER_SCAN:
                 break
             for name in holders:
-                if name in seen:
-                    continue  # already a candidate from a deeper level, with more cached
-                if len(seen) >= _MAX_HOLDER_SCAN:
-                    break
-                seen.add(name)
-                e = engines.get(name)
-                if e is None or name in avoid or not e.fits(kv, cls):
-                    continue
-                cands.append((e, cached))
-                if e.load < lightest.load:
-                    lightest = e
-        if not cands:
-            return least
-        if least.name not in seen:
-            cands.append((least, 0))
-        n_tokens = rec.job.prompt_tokens
-        mt = rec.job.max_tokens
-        best = least
-        best_rank: tuple[float, int, float, int] | None = None
-        for e, cached in cands:
-            if e is not lightest and self._imbalanced(e, lightest):
+                if name not in cached_on:
+                    cached_on[name] = cached
+                    seen += 1
+        hint: dict[str, int] = {}
+        if not cached_on:
+            home = self._home(rec.hashes, avoid)
+            if home is not None:
+                # Nobody here has seen this prefix; its home (the same on every
+                # replica) is where another replica sent it: score it as held.
+                blocks = min(len(rec.hashes), self.config.home_blocks)
+                hint[home] = int(blocks * rec.tpb)
+        if len(engines) <= _SCAN_ALL:
+            pool = list(engines.values())
+        else:
+            names = dict.fromkeys([*cached_on, *hint])
+            pool = [engines[n] for n in names if n in engines]
+            least = table.least_loaded(cls, kv, avoid)
+            if least is not None and least.name not in names:
+                pool.append(least)
+        return [
+            (e, cached_on.get(e.name, 0) or hint.get(e.name, 0), cached_on.get(e.name, 0))
+            for e in pool
+            if e.name not in avoid and e.fits(kv, cls)
+        ]
+
+    def _home(self, hashes: tuple[int, ...], avoid: frozenset[str]) -> str | None:
+        """Rendezvous (highest random weight) hash of the prompt's leading blocks over
+        the healthy engines: stable across replicas and processes."""
+        k = self.config.home_blocks
+        if k <= 0 or len(hashes) < k:
+            return None
+        key = hashes[k - 1]
+        best, best_w = None, -1
+        for e in self._engines.engines.values():
+            if not e.healthy or e.name in avoid:
                 continue
-            rank = (self._score(e, n_tokens - cached, mt), -cached, e.key, e.order)
-            if best_rank is None or rank < best_rank:
-                best, best_rank = e, rank
+            w = ((key ^ e.name_hash) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
+            w ^= w >> 29
+            if w > best_w:
+                best, best_w = e.name, w
         return best
 
+    def _choose(
+        self, rec: _Rec, cls: int, kv: int, avoid: frozenset[str]
+    ) -> EngineState | None:
+        """The cheapest candidate that admits the job now (see module docstring)."""
+        cands = self._candidates(rec, cls, kv, avoid)
+        if not cands:
+            return None
+        lightest = min((c[0] for c in cands), key=lambda e: (e.load, e.order))
+        n_tokens = rec.job.prompt_tokens
+        mt = rec.job.max_tokens
+        ranked = []
+        for e, cached, held in cands:
+            if cached and e is not lightest and self._imbalanced(e, lightest):
+                cached = 0  # too loaded to be worth its cache: scored as a plain engine
+            uncached = max(0, n_tokens - cached)
+            ranked.append((self._score(e, uncached, mt), -cached, e.key, e.order, held, e))
+        ranked.sort(key=lambda r: r[:4])
+        for *_, held, e in ranked:
+            if not self._refuse(rec, e, cls, held):
+                return e
+        return None
+
     def _score(self, e: EngineState, uncached: int, max_tokens: int) -> float:
-        """finish + harm + compute of a job with ``uncached`` prompt tokens on ``e``."""
+        """own + harm + compute of a job with ``uncached`` prompt tokens on ``e``."""
         cfg = self.config
+        running = e.inflight - e.prefilling + e.external_reqs  # decoding: stalled by its prefill
+        n = running + e.reserved  # share the decode batch with it
         compute = max(0, uncached) * cfg.cost_prefill_token
         decode = max_tokens * cfg.cost_decode_token
-        harm = decode * cfg.cost_batch_slowdown * e.load
-        finish = e.backlog + compute + decode + harm
-        return finish + harm + compute
+        slowdown = decode * cfg.cost_batch_slowdown * n
+        own = e.backlog + compute + decode + slowdown
+        harm = compute * running + slowdown
+        return own + harm + compute
 
     def _imbalanced(self, cand: EngineState, least: EngineState) -> bool:
         gap = cand.load - least.load
@@ -342,6 +434,18 @@ class Scheduler:
                 left.append(rec.job.id)
         return left
 
+    def _protected_engines(self) -> frozenset[str]:
+        """Engines decoding latency-class work, most of it first, at most protect_frac."""
+        cfg = self.config
+        if not cfg.protect_latency:
+            return frozenset()
+        busy = [e for e in self._engines.engines.values() if e.latency_inflight and e.healthy]
+        if not busy:
+            return frozenset()
+        limit = max(1, int(len(self._engines.engines) * cfg.protect_frac))
+        busy.sort(key=lambda e: (-e.latency_inflight, e.order))
+        return frozenset(e.name for e in busy[:limit])
+
     def _dispatch(
         self, rec: _Rec, e: EngineState, cls: int, cached: int, out: list[Dispatch], now: float
     ) -> None:
@@ -349,11 +453,21 @@ class Scheduler:
         jid = job.id
         cfg = self.config
         uncached = max(0, job.prompt_tokens - cached)
-        rec.state, rec.engine, rec.expected = _INFLIGHT, e.name, cached
+        rec.state, rec.engine, rec.expected, rec.cls = _INFLIGHT, e.name, cached, cls
         rec.work = uncached * cfg.prefill_token_weight + job.max_tokens
         rec.kv = uncached + job.max_tokens
         rec.prefill_cost = uncached * cfg.cost_prefill_token
+        rec.uncached = uncached
+        rec.prefilling = True
         e.backlog += rec.prefill_cost
+        e.prefilling += 1
+        e.backlog_tokens += uncached
+        e.add_prefill(uncached, now, cfg.duty_window_s)
+        if cls == LATENCY:
+            e.backlog_latency += uncached
+            e.latency_inflight += 1
+        if job.session is not None:
+            e.apps[job.session] = e.apps.get(job.session, 0) + 1
         rec.pending_leader = self._index.insert(e.name, rec.hashes, leader=jid) > 0
         if cls == THROUGHPUT:
             priority = cfg.priority_throughput
@@ -433,14 +547,30 @@ class Scheduler:
         e = self._engines.get(engine)
         if e is not None and jid in e.jobs:
             e.jobs.discard(jid)
+            if rec.cls == LATENCY:
+                e.latency_inflight -= 1
+            app = rec.job.session
+            if app is not None:
+                left = e.apps.get(app, 0) - 1
+                if left > 0:
+                    e.apps[app] = left
+                else:
+                    e.apps.pop(app, None)
             self._engines.update(e, inflight=-1, work=-rec.work, kv=-rec.kv)
 
     def _clear_backlog(self, rec: _Rec) -> None:
-        if rec.prefill_cost:
-            e = self._engines.get(rec.engine or "")
-            if e is not None:
-                e.backlog = max(0.0, e.backlog - rec.prefill_cost)
-            rec.prefill_cost = 0.0
+        e = self._engines.get(rec.engine or "")
+        if rec.prefilling and e is not None:
+            e.prefilling -= 1
+        rec.prefilling = False
+        if rec.prefill_cost and e is not None:
+            e.backlog = max(0.0, e.backlog - rec.prefill_cost)
+        rec.prefill_cost = 0.0
+        if rec.uncached and e is not None:
+            e.backlog_tokens -= rec.uncached
+            if rec.cls == LATENCY:
+                e.backlog_latency -= rec.uncached
+        rec.uncached = 0
 
     def _ungroup(self, rec: _Rec) -> None:
         g = rec.job.group

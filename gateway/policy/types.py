@@ -19,12 +19,18 @@ class Job:
     max_tokens: int
     latency_critical: bool  # deduced objective
     group: str | None = None  # task group (map stage) id
-    session: str | None = None
+    session: str | None = None  # the application it belongs to (session or inferred program)
     weight: float = 1.0  # tenant weight for fair queuing
     pin_engine: str | None = None  # must run there (waits while that engine is unavailable)
     avoid: frozenset[str] = frozenset()  # engines not to use (retries after failure)
     app_started: float | None = None  # when its application (session) started, same clock as now
     prefix_hashes: tuple[int, ...] = ()  # chained block hashes of the prompt (analysis.prefix)
+    block_tokens: float = 0.0  # estimated tokens per hash block (0: the config's block_tokens)
+    downstream_s: float = 0.0  # estimated work after it on its application's critical path
+    # Service its application has received so far (tokens), for programs inferred
+    # from plain traffic: when set, the least-served application goes first inside
+    # the tenant (least attained service) instead of the oldest.
+    attained: float | None = None
 
 
 @dataclass
@@ -37,13 +43,15 @@ class Dispatch:
     expected_cached_tokens: int
 
 
-
-
 @dataclass
 class SchedulerConfig:
     """Knobs of the policy. ``from_settings`` maps the gateway Settings onto it."""
 
-    block_tokens: int = 32  # prefix hashing granularity
+    block_tokens: int = 32  # tokens per prefix-hash block when a job does not estimate its own
+    # Consistent routing across replicas: a prefix nobody here has seen yet is
+    # treated as held by its rendezvous-hash "home" engine, named by the hash of
+    # its first ``home_blocks`` blocks (the same on every replica, no Redis trip).
+    home_blocks: int = 8
     warmup_min_tokens: int = 256  # pending shared prefix that makes followers wait
     warmup_timeout_s: float = 30.0  # followers are released after this even without news
     # Hard override only: a prefix holder whose load (requests in flight, held or
@@ -69,7 +77,7 @@ class SchedulerConfig:
     age_priority_cap: int = 999
     prefill_token_weight: float = 0.05  # cost of one uncached prompt token vs one output token
     external_request_work: float = 128.0  # work assumed per request we did not send (on_load)
-    max_skips: int = 64  # unplaceable queue heads (pin/avoid/KV) passed over per schedule()
+    max_skips: int = 64  # unplaceable queue heads (pin/avoid/KV/admission) passed over per schedule()
     # Placement cost model, in decode-step units (one step of a small batch). Defaults
     # from the sim's h100-llama3-8b profile: a decode step is 5.8 ms at batch 1 / 4k KV
     # and 8.5 ms at batch 16 / 64k KV, i.e. +(8.5-5.8)/15 = 0.18 ms = 0.03 steps per
@@ -77,6 +85,30 @@ class SchedulerConfig:
     cost_decode_token: float = 1.0  # s: steps per output token
     cost_prefill_token: float = 0.0056  # c_p: steps per uncached prompt token
     cost_batch_slowdown: float = 0.03  # alpha: relative step slowdown per co-running request
+    # Admission (gateway-side, see admission.py). Work is held in the gateway, in
+    # our order, instead of queueing inside the engines:
+    # - prefill budget: an engine gets new prompt tokens only while the tokens it
+    #   was sent and has not prefilled yet stay under ``prefill_budget_chunks`` of
+    #   its chunked-prefill size (what it prefills in one or two forward passes);
+    prefill_budget_chunks: float = 1.0
+    latency_budget_chunks: float = 2.0  # the same for latency-class work (its own backlog)
+    default_chunk_tokens: int = 8192  # SGLang's chunked_prefill_size when the engine does not say
+    # - application window: an engine runs work of at most ``app_window``
+    #   applications at once (0 = no limit); a new application's prefill would
+    #   stall the decoding of the older ones (prefill-first engines), so it waits;
+    app_window: int = 8
+    app_window_duty: float = 0.5  # ... only while prefill takes more than this share of the engine
+    prefill_s_per_token: float = 3.3e-5  # engine seconds per prefilled token (estimates duty)
+    duty_window_s: float = 2.0  # time constant of the prefill-duty estimate
+    # - latency protection: while an engine decodes latency-class work, throughput
+    #   jobs bring it at most ``protect_prefill_tokens`` uncached prompt tokens each
+    #   while prefill takes ``protect_duty`` of its time (heavy batch prefill goes to
+    #   other engines); at most ``protect_frac`` of the engines (at least one) are
+    #   protected at once.
+    protect_latency: bool = True
+    protect_prefill_tokens: int = 512
+    protect_duty: float = 0.35  # ... unless its recent prefill duty is below this
+    protect_frac: float = 0.5
 
     def engine_capacity(self, advertised: int) -> int:
         """An engine's in-flight limit: what it advertises, capped by the config."""
@@ -93,6 +125,9 @@ class SchedulerConfig:
             "balance_rel_threshold": settings.balance_rel_threshold,
             "max_inflight_per_engine": settings.max_inflight_per_engine,
         }
+        for name in ("prefill_budget_chunks", "app_window", "protect_latency", "protect_duty"):
+            if hasattr(settings, name):
+                values[name] = getattr(settings, name)
         values.update(overrides)
         return cls(**values)
 
@@ -101,15 +136,22 @@ class Policy(Protocol):
     """What the gateway drives; Scheduler and the baselines all implement it."""
 
     def add_engine(
-        self, engine: str, capacity: int, kv_capacity_tokens: int | None, now: float
+        self,
+        engine: str,
+        capacity: int,
+        kv_capacity_tokens: int | None,
+        now: float,
+        chunk_tokens: int | None = None,
     ) -> None: ...
     def remove_engine(self, engine: str, now: float) -> list[str]: ...
     def set_healthy(self, engine: str, healthy: bool, now: float) -> None: ...
+    def set_share(self, share: float, now: float) -> None: ...
     def on_load(
         self, engine: str, num_reqs: int, num_waiting: int, num_tokens: int, now: float
     ) -> None: ...
     def submit(self, job: Job, now: float) -> None: ...
     def cancel(self, job_id: str, now: float) -> bool: ...
+    def set_group(self, job_id: str, group: str | None, now: float) -> None: ...
     def on_prefill_done(self, job_id: str, now: float) -> None: ...
     def on_finish(
         self, job_id: str, now: float, cached_tokens: int | None = None, ok: bool = True

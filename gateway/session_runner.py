@@ -1,12 +1,15 @@
-"""Semantic-variable requests: parse the X-Parrot-* headers, register the request in the
-session graph (Redis), and run it server-side the moment its inputs are ready.
+"""Running semantic-variable requests: register a request in its session's graph
+(Redis), wait for its inputs, analyse it, run it on the engines, and settle its output.
 
 A request is a node of its session's dataflow graph; variables are its edges.
-Async requests answer at once and run in a background task of this replica;
-sync requests hold the connection until their inputs are ready. Whatever
-happens — engine failure, timeout, cancellation — the output variable ends
-``ready`` or ``failed``, so consumers never hang: a failed input fails every
+Whatever happens — engine failure, timeout, cancellation — the output variable
+ends ``ready`` or ``failed``, so consumers never hang: a failed input fails every
 transitive consumer with ``upstream_failed`` naming the variable.
+
+This module knows nothing of HTTP: it takes a `Submission` (plain fields) and
+hands back tasks, engine answers and chunk streams. ``session_http.py`` turns
+requests into submissions and results into responses; another driver (a work
+queue) could call the same methods.
 """
 
 from __future__ import annotations
@@ -16,14 +19,10 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-
-from analysis.dag import CycleError, DuplicateProducer, Node, SessionGraph, estimate_cost
 from analysis.placeholders import (
     input_names,
     scan_messages,
@@ -31,10 +30,7 @@ from analysis.placeholders import (
     substitute_messages,
     substitute_prompt,
 )
-from analysis.prefix import prefix_groups
 from common.errors import (
-    BadRequest,
-    Conflict,
     DependencyCycle,
     GatewayTimeout,
     NotFound,
@@ -43,38 +39,47 @@ from common.errors import (
     ServiceUnavailable,
     UpstreamFailed,
 )
-from common.ids import is_session_id, is_variable_name
-from common.serving import finished_before_disconnect
 from common.types import JSON, Route
 
-from .auth import Principal
 from .completion import Completions, RequestContext, prompt_shape
 from .metrics import Metrics
-from .responses import CLIENT_CLOSED, primed, streaming
+from .session_graph import cycle_check, graph_of, graph_view
 from .settings import Settings
 from .store import RequestRecord, SessionStore, Variable
 
 log = logging.getLogger("parrot.sessions")
 
-H_SESSION = "x-parrot-session"
-H_OUTPUT = "x-parrot-output"
-H_ASYNC = "x-parrot-async"
-H_CRITERIA = "x-parrot-criteria"
-H_TIMEOUT = "x-parrot-timeout"
-MAX_TIMEOUT_S = 86400.0
 PREFIX_HASH_BLOCKS = 128
 MAX_TRACKED_SESSIONS = 100_000
 STORE_RETRY_S = 30.0  # how long a finished request retries saving its result
+OUTPUT_PARAM = "x-parrot-output"  # where a second producer is reported (the header)
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class SemanticHeaders:
+class Submission:
+    """One semantic request as the runner takes it, whoever received it."""
+
+    tenant: str
     session: str
-    output: str | None
-    is_async: bool
-    criteria: str
-    timeout_s: float
+    route: Route
+    body: JSON
+    request_id: str
+    output: str | None = None
+    criteria: str = "latency"
+    timeout_s: float = 600.0
+    weight: float = 1.0
+
+
+@dataclass
+class Run:
+    """A registered request and what running it needs."""
+
+    rec: RequestRecord
+    route: Route
+    body: JSON
+    ctx: RequestContext
+    deadline: float  # absolute epoch time: the session deadline of this request
 
 
 async def _persist(write: Callable[[], Awaitable[T]], within_s: float = STORE_RETRY_S) -> T:
@@ -90,69 +95,6 @@ async def _persist(write: Callable[[], Awaitable[T]], within_s: float = STORE_RE
                 raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
-
-
-def parse_headers(headers: Mapping[str, str], default_timeout_s: float) -> SemanticHeaders:
-    session = headers.get(H_SESSION, "")
-    if not is_session_id(session):
-        raise BadRequest(
-            "X-Parrot-Session must match [A-Za-z0-9_.-]{1,128}", param=H_SESSION, code="invalid_header"
-        )
-    output = headers.get(H_OUTPUT)
-    if output is not None and not is_variable_name(output):
-        raise BadRequest(
-            "X-Parrot-Output must be a variable name [A-Za-z_][A-Za-z0-9_]{0,63}",
-            param=H_OUTPUT, code="invalid_header",
-        )
-    raw_async = headers.get(H_ASYNC, "0").strip().lower()
-    if raw_async not in ("0", "1", "true", "false", "yes", "no", ""):
-        raise BadRequest("X-Parrot-Async must be 1 or 0", param=H_ASYNC, code="invalid_header")
-    is_async = raw_async in ("1", "true", "yes")
-    if is_async and output is None:
-        raise BadRequest(
-            "X-Parrot-Async needs X-Parrot-Output: an async result must go to a variable",
-            param=H_ASYNC, code="invalid_header",
-        )
-    criteria = headers.get(H_CRITERIA, "latency").strip().lower()
-    if criteria not in ("latency", "throughput"):
-        raise BadRequest(
-            "X-Parrot-Criteria must be 'latency' or 'throughput'", param=H_CRITERIA,
-            code="invalid_header",
-        )
-    timeout_s = default_timeout_s
-    if H_TIMEOUT in headers:
-        try:
-            timeout_s = float(headers[H_TIMEOUT])
-        except ValueError:
-            timeout_s = -1.0
-        if not (0 < timeout_s <= MAX_TIMEOUT_S):
-            raise BadRequest(
-                f"X-Parrot-Timeout must be seconds in (0, {MAX_TIMEOUT_S:.0f}]", param=H_TIMEOUT,
-                code="invalid_header",
-            )
-    return SemanticHeaders(session, output, is_async, criteria, timeout_s)
-
-
-def node_of(rec: RequestRecord) -> Node:
-    return Node(
-        id=rec.id,
-        inputs=tuple(rec.inputs),
-        output=rec.output,
-        criteria=rec.criteria,  # type: ignore[arg-type]
-        prompt_tokens=rec.prompt_tokens or 0,
-        max_tokens=rec.max_tokens or 0,
-        status=rec.status,
-    )
-
-
-def graph_of(records: list[RequestRecord]) -> SessionGraph:
-    graph = SessionGraph()
-    for rec in sorted(records, key=lambda r: r.created_at):
-        try:
-            graph.add(node_of(rec))
-        except (CycleError, DuplicateProducer):  # cannot happen for stored graphs; stay robust
-            log.warning("inconsistent stored graph at %s", rec.id)
-    return graph
 
 
 def choice_text(route: Route, body: JSON) -> str:
@@ -177,7 +119,9 @@ def chunk_text(route: Route, chunk: JSON) -> str:
     return "".join(out)
 
 
-class Sessions:
+class SessionRunner:
+    """Registers, runs, cancels and drains the semantic requests of this replica."""
+
     def __init__(
         self, settings: Settings, store: SessionStore, completions: Completions, metrics: Metrics
     ) -> None:
@@ -192,14 +136,12 @@ class Sessions:
         # scheduler ranks the steps of older applications first.
         self._started: OrderedDict[tuple[str, str], float] = OrderedDict()
 
-    @staticmethod
-    def is_semantic(headers: Mapping[str, str]) -> bool:
-        return H_SESSION in headers
-
     # -- submission ------------------------------------------------------------------
-    async def handle(self, request: Request, route: Route, body: JSON, principal: Principal) -> Response:
-        h = parse_headers(request.headers, self.settings.default_timeout_s)
-        if route == "chat":
+    async def register(self, sub: Submission) -> Run:
+        """Check the request, record it in its session's graph (refusing cycles, second
+        producers and limits) and return what running it needs."""
+        body = sub.body
+        if sub.route == "chat":
             placeholders = scan_messages(body["messages"])
         else:
             placeholders = scan_prompt(body["prompt"])
@@ -209,54 +151,35 @@ class Sessions:
                 code="too_many_placeholders",
             )
         inputs = input_names(placeholders)
-        if h.output is not None and h.output in inputs:
-            raise DependencyCycle([h.output, "request", h.output])
+        if sub.output is not None and sub.output in inputs:
+            raise DependencyCycle([sub.output, "request", sub.output])
         self.completions.resolve_model(body)
         now = time.time()
-        deadline = now + h.timeout_s
         rec = RequestRecord(
             id="pr-" + uuid.uuid4().hex[:16],
-            tenant=principal.tenant,
-            session=h.session,
+            tenant=sub.tenant,
+            session=sub.session,
             inputs=inputs,
-            output=h.output,
-            criteria=h.criteria,
+            output=sub.output,
+            criteria=sub.criteria,
             status="waiting",
             created_at=now,
             replica=self.replica,
             max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
         )
-
-        def validate(existing: list[RequestRecord]) -> None:
-            graph = graph_of(existing)
-            try:
-                graph.check(node_of(rec))
-            except CycleError as exc:
-                raise DependencyCycle(list(exc.cycle)) from exc
-            except DuplicateProducer as exc:
-                raise Conflict(f"variable '{h.output}' already has a producer", param=H_OUTPUT) from exc
-
-        await self.store.register_request(rec, validate=validate, deadline=deadline)
-        ctx = RequestContext(
-            request_id=request.state.request_id, tenant=principal.tenant, session=h.session,
-            weight=principal.weight, app_started=self._session_started(rec),
+        deadline = now + sub.timeout_s
+        await self.store.register_request(
+            rec, validate=cycle_check(rec, OUTPUT_PARAM), deadline=deadline
         )
-        if h.is_async:
-            self._spawn(rec, self._run(rec, route, body, ctx, deadline))
-            return JSONResponse(self._pending_response(route, body, rec))
-        if body.get("stream"):
-            return await self._sync_stream(rec, route, body, ctx, deadline)
-        task = self._spawn(rec, self._run(rec, route, body, ctx, deadline))
-        # Shield: a disconnecting client must not kill work whose output others need.
-        waiter = asyncio.shield(task)
-        # Its outcome is read here or, after a disconnect, nowhere: mark it retrieved.
-        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
-        if not await finished_before_disconnect(request, waiter):
-            if not await self._needed(rec):
-                task.cancel()
-            return Response(status_code=CLIENT_CLOSED)
-        result: JSON = waiter.result()
-        return JSONResponse(result)
+        ctx = RequestContext(
+            request_id=sub.request_id, tenant=sub.tenant, session=sub.session,
+            weight=sub.weight, app_started=self._session_started(rec),
+        )
+        return Run(rec, sub.route, body, ctx, deadline)
+
+    def start(self, run: Run) -> asyncio.Task[JSON]:
+        """Run it in a task of this replica; the task's result is the engine's answer."""
+        return self._spawn(run.rec, self._run(run))
 
     def _session_started(self, rec: RequestRecord) -> float:
         key = (rec.tenant, rec.session)
@@ -286,30 +209,6 @@ class Sessions:
 
         task.add_done_callback(done)
         return task
-
-    def _pending_response(self, route: Route, body: JSON, rec: RequestRecord) -> JSON:
-        if route == "chat":
-            choice: JSON = {"index": 0, "message": {"role": "assistant", "content": ""},
-                            "finish_reason": None, "logprobs": None}
-            obj = "chat.completion"
-            prefix = "chatcmpl-"
-        else:
-            choice = {"index": 0, "text": "", "finish_reason": None, "logprobs": None}
-            obj = "text_completion"
-            prefix = "cmpl-"
-        return {
-            "id": prefix + rec.id,
-            "object": obj,
-            "created": int(rec.created_at),
-            "model": body.get("model") or "",
-            "choices": [choice],
-            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
-            "parrot": self._parrot(rec, "pending"),
-        }
-
-    @staticmethod
-    def _parrot(rec: RequestRecord, status: str) -> JSON:
-        return {"session": rec.session, "output": rec.output, "status": status, "request_id": rec.id}
 
     # -- execution -------------------------------------------------------------------
     async def _inputs(self, rec: RequestRecord, deadline: float) -> dict[str, str]:
@@ -350,7 +249,8 @@ class Sessions:
         objective = graph.deduce_objectives().get(rec.id, rec.criteria)  # type: ignore[arg-type]
         return objective == "latency", graph.task_groups().get(rec.id)
 
-    def _substituted(self, route: Route, body: JSON, values: dict[str, str]) -> JSON:
+    @staticmethod
+    def _substituted(route: Route, body: JSON, values: dict[str, str]) -> JSON:
         out = dict(body)
         if route == "chat":
             out["messages"] = substitute_messages(body["messages"], values)
@@ -358,15 +258,18 @@ class Sessions:
             out["prompt"] = substitute_prompt(body["prompt"], values)
         return out
 
-    async def _prepare(self, rec: RequestRecord, route: Route, body: JSON, ctx: RequestContext,
-                       deadline: float) -> JSON:
-        values = await self._inputs(rec, deadline)
-        engine_body = self._substituted(route, body, values)
+    async def _prepare(self, run: Run) -> JSON:
+        """Wait for the inputs, substitute them, analyse the request and record (before
+        it is handed to the scheduler) the objective and group it will run with."""
+        rec, ctx = run.rec, run.ctx
+        values = await self._inputs(rec, run.deadline)
+        engine_body = self._substituted(run.route, run.body, values)
         ctx.latency_critical, ctx.group = await self._analyse(rec)
         ctx.request_id = rec.id
-        shape = prompt_shape(route, engine_body, self.settings.prefix_block_tokens)
+        shape = prompt_shape(run.route, engine_body, self.settings.prefix_block_bytes)
         ctx.prompt = shape
-        rec.status, rec.ready_at, rec.prompt_tokens = "queued", time.time(), shape.tokens
+        rec.status, rec.ready_at = "queued", time.time()
+        rec.prompt_tokens = self.completions.estimate.tokens(shape.nbytes)
         rec.prefix_hashes = list(shape.hashes[:PREFIX_HASH_BLOCKS])
         rec.criteria_effective = "latency" if ctx.latency_critical else "throughput"
         rec.group = ctx.group
@@ -395,8 +298,8 @@ class Sessions:
         except ParrotError:
             log.warning("could not record failure of %s (state store down)", rec.id)
 
-    async def _finish(self, rec: RequestRecord, route: Route, text: str, engine: str,
-                      usage: Any, started: float) -> None:
+    async def _finish(self, rec: RequestRecord, text: str, engine: str, usage: Any,
+                      started: float) -> None:
         rec.status, rec.engine, rec.started_at, rec.finished_at = "done", engine, started, time.time()
         if usage is not None:
             rec.cached_tokens = usage.cached_tokens
@@ -410,17 +313,17 @@ class Sessions:
         else:
             await _persist(lambda: self.store.save_request(rec))
 
-    async def _run(self, rec: RequestRecord, route: Route, body: JSON, ctx: RequestContext,
-                   deadline: float) -> JSON:
+    async def _run(self, run: Run) -> JSON:
+        rec, route = run.rec, run.route
         try:
-            engine_body = await self._prepare(rec, route, body, ctx, deadline)
+            engine_body = await self._prepare(run)
             t0 = time.time()
-            remaining = deadline - t0
+            remaining = run.deadline - t0
             if remaining <= 0:
                 raise GatewayTimeout("session deadline passed", code="deadline_exceeded")
             try:
                 outcome = await asyncio.wait_for(
-                    self.completions.complete(route, engine_body, ctx), timeout=remaining
+                    self.completions.complete(route, engine_body, run.ctx), timeout=remaining
                 )
             except asyncio.TimeoutError as exc:
                 raise GatewayTimeout("session deadline passed while running",
@@ -428,19 +331,20 @@ class Sessions:
             assert outcome.body is not None
             started = t0 + outcome.queued_s
             rec.first_token_at = None if outcome.ttft_s is None else t0 + outcome.ttft_s
-            await self._finish(rec, route, choice_text(route, outcome.body), outcome.engine,
+            await self._finish(rec, choice_text(route, outcome.body), outcome.engine,
                                outcome.usage, started)
-            return {**outcome.body, "parrot": self._parrot(rec, "ready")}
+            return outcome.body
         except BaseException as exc:
             await asyncio.shield(self._fail(rec, exc))
             raise
 
-    async def _sync_stream(self, rec: RequestRecord, route: Route, body: JSON, ctx: RequestContext,
-                           deadline: float) -> Response:
-        """Hold until inputs are ready, then stream. The engine work runs in a task
-        that outlives a disconnected client when other requests need its output."""
+    async def open_stream(self, run: Run) -> AsyncIterator[JSON]:
+        """Hold until the inputs are ready (errors until then raise here), then return the
+        engine's chunks. The engine work runs in a task that outlives a reader who stops
+        early when other requests need its output."""
+        rec, route = run.rec, run.route
         try:
-            engine_body = await self._prepare(rec, route, body, ctx, deadline)
+            engine_body = await self._prepare(run)
         except BaseException as exc:
             await asyncio.shield(self._fail(rec, exc))
             raise
@@ -460,12 +364,12 @@ class Sessions:
 
             try:
                 async for chunk in self.completions.stream(
-                    route, engine_body, ctx, on_start=on_start, on_usage=usage_seen.append
+                    route, engine_body, run.ctx, on_start=on_start, on_usage=usage_seen.append
                 ):
                     parts.append(chunk_text(route, chunk))
                     rec.first_token_at = rec.first_token_at or (time.time() if parts[-1] else None)
                     queue.put_nowait(chunk)
-                await self._finish(rec, route, "".join(parts), engine_seen[0] if engine_seen else "",
+                await self._finish(rec, "".join(parts), engine_seen[0] if engine_seen else "",
                                    usage_seen[-1] if usage_seen else None, started[0])
                 queue.put_nowait(done)
             except BaseException as exc:
@@ -489,12 +393,12 @@ class Sessions:
                         raise item
                     yield item
             finally:
-                if not finished and not await self._needed(rec):
+                if not finished and not await self.needed(rec):
                     task.cancel()
 
-        return streaming(await primed(chunks()))
+        return chunks()
 
-    async def _needed(self, rec: RequestRecord) -> bool:
+    async def needed(self, rec: RequestRecord) -> bool:
         """Is this request's output consumed by another request of the session?"""
         if not rec.output:
             return False
@@ -526,37 +430,9 @@ class Sessions:
         records = await self.store.list_requests(tenant, session)
         if not records and not await self.store.session_exists(tenant, session):
             raise NotFound(f"session '{session}' not found", code="session_not_found")
-        graph = graph_of(records)
-        path, bound = graph.critical_path(estimate_cost) if records else ([], 0.0)
-        objectives = graph.deduce_objectives() if records else {}
-        groups = graph.task_groups() if records else {}
-        # Stored block hashes stand in for tokens: groups share >= warmup_min_tokens.
-        min_blocks = max(1, self.settings.warmup_min_tokens // self.settings.prefix_block_tokens)
-        pgroups = prefix_groups(
-            {r.id: r.prefix_hashes for r in records if r.prefix_hashes}, min_tokens=min_blocks, block=1
-        )
         variables = await self.store.list_variables(tenant, session)
-        return {
-            "session": session,
-            "requests": [
-                {
-                    **r.to_public(),
-                    "objective": objectives.get(r.id),
-                    "group": groups.get(r.id),
-                    "created_at": r.created_at,
-                    "ready_at": r.ready_at,
-                    "started_at": r.started_at,
-                    "first_token_at": r.first_token_at,
-                    "finished_at": r.finished_at,
-                }
-                for r in sorted(records, key=lambda r: r.created_at)
-            ],
-            "variables": [v.to_public() for v in variables],
-            "edges": [{"from": e.src, "to": e.dst, "variable": e.var} for e in graph.edges()],
-            "critical_path": path,
-            "critical_path_s": bound,
-            "prefix_groups": [
-                {"requests": g.members, "shared_tokens": g.shared_tokens * self.settings.prefix_block_tokens}
-                for g in pgroups
-            ],
-        }
+        return graph_view(
+            session, records, variables,
+            block_tokens=self.settings.prefix_block_bytes / self.completions.estimate.bytes_per_token,
+            warmup_min_tokens=self.settings.warmup_min_tokens,
+        )

@@ -1,0 +1,5 @@
+"""Entry point of ``python -m backends.sim.calibrate``."""
+
+from .cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""The load generator's HTTP/1.1 client: a keep-alive pool over asyncio protocols,
+responses parsed by ``httptools`` (the C parser uvicorn uses).
+
+Why not aiohttp or httpx: a benchmark client must send a burst (16 maps of an app,
+73 submits of a DAG) without delaying its own requests. aiohttp spends ~150 us of
+Python per request before the bytes leave (httpx more), so the 16th map of a burst
+left ~2.4 ms after the first on an idle core; this client spends ~20 us (the
+request is one pre-formatted ``bytes`` write). It does only what the harness needs:
+methods with a body or query, JSON in and out, and streamed bodies handed to a
+callback as they arrive (their arrival time is what time-to-first-token measures).
+
+``AiohttpClient`` offers the same ``request`` over aiohttp, to cross-check
+(``bench --http-client aiohttp``). Not named ``http`` so as not to shadow the
+standard library's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import httptools
+
+Chunk = Callable[[bytes], None]
+
+
+class HttpError(ConnectionError):
+    """The connection failed or closed before a whole response arrived."""
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    """Lower-case names."""
+    body: bytes
+    sent_at: float = 0.0
+    """When the request's bytes were written (``time.time()``)."""
+
+
+@lru_cache(maxsize=256)
+def _split(url: str) -> tuple[str, int, str, bytes]:
+    u = urlsplit(url)
+    if u.scheme != "http" or not u.hostname:
+        raise ValueError(f"only http:// URLs are supported: {url!r}")
+    port = u.port or 80
+    path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+    return u.hostname, port, path, f"{u.hostname}:{port}".encode()
+
+
+class _Conn(asyncio.Protocol):
+    """One keep-alive connection; one request in flight at a time."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[Response] | None = None
+        self.on_chunk: Chunk | None = None
+        self.headers: dict[str, str] = {}
+        self.parts: list[bytes] = []
+        self.got_bytes = False
+        self.closed = False
+        self.keep = True
+        self.idle_since = time.monotonic()
+        self.sent_at = 0.0
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(HttpError(f"bad HTTP response: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(HttpError(f"connection closed before the response ended ({exc or 'EOF'})"))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        if self.on_chunk is not None:
+            self.on_chunk(body)
+        else:
+            self.parts.append(body)
+
+    def on_message_complete(self) -> None:
+        self.keep = self.parser.should_keep_alive()
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(Response(self.parser.get_status_code(), self.headers, b"".join(self.parts),
+                                  self.sent_at))
+
+    # ours
+    def _fail(self, exc: Exception) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_exception(exc)
+
+    def send(self, data: bytes, on_chunk: Chunk | None) -> asyncio.Future[Response]:
+        assert self.transport is not None
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.on_chunk, self.headers, self.parts, self.got_bytes = on_chunk, {}, [], False
+        self.sent_at = time.time()
+        self.transport.write(data)
+        return self.waiter
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class HttpClient:
+    """Keep-alive pool per host; idle connections are dropped after ``keepalive_s``
+    (below uvicorn's 5 s, so the server never closes one under a new request)."""
+
+    def __init__(self, keepalive_s: float = 3.0, timeout_s: float = 900.0) -> None:
+        self.keepalive_s = keepalive_s
+        self.timeout_s = timeout_s
+        self._idle: dict[tuple[str, int], list[_Conn]] = {}
+        self._all: set[_Conn] = set()
+
+    async def _checkout(self, host: str, port: int) -> tuple[_Conn, bool]:
+        idle = self._idle.get((host, port))
+        now = time.monotonic()
+        while idle:
+            c = idle.pop()
+            if not c.closed and now - c.idle_since < self.keepalive_s:
+                return c, True
+            c.close()
+            self._all.discard(c)
+        _, c = await asyncio.get_running_loop().create_connection(_Conn, host, port)
+        self._all.add(c)
+        return c, False
+
+    async def request(self, method: str, url: str, body: bytes | None = None,
+                      headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
+                      on_chunk: Chunk | None = None) -> Response:
+        """Send one request; with ``on_chunk`` the body is handed over as it arrives."""
+        host, port, path, hostport = _split(url)
+        if params:
+            path += ("&" if "?" in path else "?") + urlencode(params)
+        head = [f"{method} {path} HTTP/1.1\r\nHost: ".encode(), hostport, b"\r\n"]
+        for k, v in (headers or {}).items():
+            head.append(f"{k}: {v}\r\n".encode())
+        if body is not None:
+            head.append(b"Content-Length: %d\r\n" % len(body))
+        data = b"".join(head) + b"\r\n" + (body or b"")
+        for attempt in (0, 1):
+            conn, reused = await self._checkout(host, port)
+            try:
+                resp = await asyncio.wait_for(conn.send(data, on_chunk), self.timeout_s)
+            except HttpError:
+                conn.close()
+                self._all.discard(conn)
+                # A pooled connection the server had closed: nothing was processed, resend once.
+                if reused and not conn.got_bytes and attempt == 0:
+                    continue
+                raise
+            except BaseException:
+                conn.close()
+                self._all.discard(conn)
+                raise
+            if conn.keep and not conn.closed:
+                conn.idle_since = time.monotonic()
+                conn.on_chunk = None
+                self._idle.setdefault((host, port), []).append(conn)
+            else:
+                conn.close()
+                self._all.discard(conn)
+            return resp
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def close(self) -> None:
+        for c in list(self._all):
+            c.close()
+        self._all.clear()
+        self._idle.clear()
+        await asyncio.sleep(0)  # let the transports close
+
+    async def __aenter__(self) -> HttpClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+class AiohttpClient:
+    """The same ``request`` over aiohttp (no pool limit, 3 s keep-alive)."""
+
+    def __init__(self, timeout_s: float = 900.0) -> None:
+        import aiohttp
+
+        self._aiohttp = aiohttp
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=3.0),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=timeout_s),
+            skip_auto_headers=("User-Agent",),
+        )
+
+    async def request(self, method: str, url: str, body: bytes | None = None,
+                      headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
+                      on_chunk: Chunk | None = None) -> Response:
+        sent = time.time()
+        try:
+            async with self.session.request(method, url, data=body, headers=headers, params=params) as r:
+                hdrs = {k.lower(): v for k, v in r.headers.items()}
+                if on_chunk is None:
+                    return Response(r.status, hdrs, await r.read(), sent)
+                async for chunk in r.content.iter_any():
+                    on_chunk(chunk)
+                return Response(r.status, hdrs, b"", sent)
+        except self._aiohttp.ClientError as exc:
+            raise HttpError(f"{type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def __aenter__(self) -> AiohttpClient:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+def make_client(kind: str = "lean") -> HttpClient | AiohttpClient:
+    if kind == "lean":
+        return HttpClient()
+    if kind == "aiohttp":
+        return AiohttpClient()
+    raise ValueError(f"unknown HTTP client {kind!r}; known: lean, aiohttp")

@@ -1,0 +1,441 @@
+"""The store's Redis I/O: session state (variables, request records, meta), atomic
+writes, reads and long-poll waits.
+
+Key layout; all keys of one session share the hash tag ``{<tenant>:<session>}``
+so Redis Cluster keeps them in one slot and one MULTI may touch them all::
+
+    <prefix>:{<tenant>:<session>}:meta    hash  created, deadline, version
+    <prefix>:{<tenant>:<session>}:vars    hash  variable name -> JSON
+    <prefix>:{<tenant>:<session>}:reqs    hash  request id -> JSON
+    <prefix>:{<tenant>:<session>}:events  pub/sub channel (gateway/notifier.py)
+
+<tenant> is percent-encoded (no ``:``, ``{`` or ``}`` left) and session ids
+cannot hold those characters either, so two (tenant, session) pairs never
+share a key.
+
+Registration runs as one Lua script (``scripts.py``) unless a cycle check needs
+the whole graph; a record's progress is saved by another script, and a session
+is deleted in one MULTI. The other writes go through `SessionStore._transact`: WATCH
+meta, read, decide with the pure ``plan_*`` functions of ``plans.py``, then one
+MULTI with the writes, a version bump, a TTL refresh of every key and the
+PUBLISH of the events. Since every write bumps ``meta.version`` (and DEL removes
+meta), watching meta alone catches any concurrent change. A per-session asyncio
+lock serialises the writers of one process, so WATCH retries only happen between
+replicas. Waits long-poll on the notifier's events with a periodic re-read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
+
+from common.errors import BadRequest, ServiceUnavailable
+from common.ids import is_session_id
+from gateway.notifier import Event, Notifier, channel_name
+
+from . import scripts
+from .plans import (
+    Plan,
+    check_register,
+    check_size,
+    cycle_possible,
+    plan_fail,
+    plan_put,
+    plan_register,
+    plan_result,
+    settled,
+)
+from .records import RequestRecord, Variable
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from redis.asyncio.client import Pipeline
+
+T = TypeVar("T")
+
+SESSION_DELETED = "session deleted"
+_MAX_ATTEMPTS = 50  # WATCH retries before calling it contention
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """The Redis keys and pub/sub channel of one session (layout in the module docstring)."""
+
+    meta: str
+    vars: str
+    reqs: str
+    channel: str
+
+    @classmethod
+    def of(cls, prefix: str, tenant: str, session: str) -> SessionKeys:
+        if not is_session_id(session):
+            raise BadRequest(f"invalid session id {session!r}", param="X-Parrot-Session")
+        tag = f"{quote(tenant, safe='')}:{session}"
+        base = f"{prefix}:{{{tag}}}"
+        return cls(f"{base}:meta", f"{base}:vars", f"{base}:reqs", channel_name(prefix, tag))
+
+    @property
+    def data(self) -> tuple[str, str, str]:
+        return (self.meta, self.vars, self.reqs)
+
+
+# ----------------------------------------------------------------------- I/O
+
+
+def _str(x: bytes | str) -> str:
+    return x.decode() if isinstance(x, bytes) else x
+
+
+def _store_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Redis connection trouble becomes ServiceUnavailable (503) at the store's surface."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise ServiceUnavailable("state store unavailable") from exc
+
+    return wrapper
+
+
+class _KeyedLocks:
+    """asyncio locks by key, dropped when nobody holds or waits for them."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, key: str) -> AsyncIterator[None]:
+        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
+        self._locks[key] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[key]
+            if users == 1:
+                del self._locks[key]
+            else:
+                self._locks[key] = (lock, users - 1)
+
+
+class SessionStore:
+    """Variables and request records of sessions, shared by all gateway replicas."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        notifier: Notifier | None = None,
+        ttl_s: int = 3600,
+        max_value_bytes: int = 1 << 20,
+        max_variables: int = 10000,
+        prefix: str = "parrot",
+        recheck_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if any(c in prefix for c in "{}*?[]"):
+            raise ValueError(f"prefix {prefix!r} must not contain braces or glob characters")
+        self._redis = redis
+        self.notifier = notifier
+        self.ttl_s = ttl_s
+        self.max_value_bytes = max_value_bytes
+        self.max_variables = max_variables
+        self.prefix = prefix
+        self.recheck_s = recheck_s  # safety re-read while waiting (heals lost messages)
+        self._clock = clock
+        self._locks = _KeyedLocks()
+
+    def attach_notifier(self, notifier: Notifier) -> None:
+        """Give the store the notifier `wait_variables` sleeps on."""
+        self.notifier = notifier
+
+    def keys(self, tenant: str, session: str) -> SessionKeys:
+        return SessionKeys.of(self.prefix, tenant, session)
+
+    # ------------------------------------------------------------- writes
+
+    async def _transact(
+        self,
+        tenant: str,
+        session: str,
+        decide: Callable[[Pipeline, SessionKeys], Awaitable[Plan]],
+    ) -> Any:
+        """Run `decide` on a consistent snapshot and apply its plan atomically."""
+        keys = self.keys(tenant, session)
+        async with self._locks.hold(keys.meta):
+            for _ in range(_MAX_ATTEMPTS):
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    await pipe.watch(keys.meta)
+                    plan = await decide(pipe, keys)
+                    if not plan.writes:
+                        return plan.result
+                    pipe.multi()
+                    self._queue(pipe, keys, tenant, session, plan)
+                    try:
+                        await pipe.execute()
+                    except WatchError:
+                        continue
+                    return plan.result
+        raise ServiceUnavailable("state store contention: too many concurrent writers")
+
+    def _queue(
+        self, pipe: Pipeline, keys: SessionKeys, tenant: str, session: str, plan: Plan
+    ) -> None:
+        pipe.hsetnx(keys.meta, "created", self._clock())
+        if plan.deadline is not None:
+            pipe.hsetnx(keys.meta, "deadline", plan.deadline)
+        pipe.hincrby(keys.meta, "version", 1)
+        if plan.variables:
+            pipe.hset(keys.vars, mapping={v.name: v.to_json() for v in plan.variables})
+        if plan.requests:
+            pipe.hset(keys.reqs, mapping={r.id: r.to_json() for r in plan.requests})
+        for key in keys.data:
+            pipe.expire(key, self.ttl_s)
+        for name, kind in plan.events:
+            pipe.publish(keys.channel, Event(tenant, session, kind, name).encode())
+
+    @staticmethod
+    async def _load_vars(
+        pipe: Redis, keys: SessionKeys, names: Iterable[str]
+    ) -> dict[str, Variable | None]:
+        names = list(dict.fromkeys(names))
+        if not names:
+            return {}
+        raw = await pipe.hmget(keys.vars, names)
+        return {n: Variable.from_json(n, r) if r is not None else None for n, r in zip(names, raw)}
+
+    @_store_errors
+    async def register_request(
+        self,
+        rec: RequestRecord,
+        validate: Callable[[list[RequestRecord]], None] | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        """Record a request and declare its variables, atomically.
+
+        Raises Conflict if the id is taken or the output already has a producer
+        or a value, PayloadTooLarge (code too_many_variables) past the variable
+        limit. `validate(existing_records)` runs on the same snapshot the write
+        is based on (it may run again on a retry) when a cycle is possible (the
+        output already has consumers and the request has inputs), and refuses by
+        raising, e.g. DependencyCycle; then nothing is written. Creates the
+        session (with `deadline`, an absolute epoch time) if absent.
+        """
+        if await self._register_fast(rec, deadline, validate=validate is not None):
+            return
+
+        async def decide(pipe: Pipeline, keys: SessionKeys) -> Plan:
+            taken = bool(await pipe.hexists(keys.reqs, rec.id))
+            names = ([rec.output] if rec.output else []) + list(rec.inputs)
+            current = await self._load_vars(pipe, keys, names)
+            check_register(rec, current, taken)  # the refusals first, as the script does
+            if validate is not None and cycle_possible(rec, current):
+                raw = await pipe.hgetall(keys.reqs)
+                validate([RequestRecord.from_json(v) for v in raw.values()])
+            var_count = int(await pipe.hlen(keys.vars))
+            plan = plan_register(
+                rec, current, var_count, self.max_variables, self._clock(), id_taken=taken
+            )
+            plan.deadline = deadline
+            return plan
+
+        await self._transact(rec.tenant, rec.session, decide)
+
+    async def _register_fast(self, rec: RequestRecord, deadline: float | None, *,
+                             validate: bool) -> bool:
+        """The registration in one atomic script (one round trip, no WATCH, no lock):
+        `plan_register`'s checks and writes. False when a cycle is possible and
+        `validate` is wanted: then the transaction path reads the graph."""
+        keys = self.keys(rec.tenant, rec.session)
+        args = scripts.register_args(
+            rec, ttl_s=self.ttl_s, max_variables=self.max_variables, now=self._clock(),
+            deadline=deadline, validate=validate,
+        )
+        answer = await self._redis.eval(scripts.REGISTER, 3, *keys.data, *args)
+        return scripts.register_outcome(answer, rec, self.max_variables)
+
+    @_store_errors
+    async def put_variable(
+        self, tenant: str, session: str, name: str, value: str, *, deadline: float | None = None
+    ) -> Variable:
+        """A user sets an input variable (creating the session if absent).
+
+        PayloadTooLarge past max_value_bytes; Conflict if it is already
+        ready/failed or is some request's output.
+        """
+        check_size(name, value, self.max_value_bytes)
+
+        async def decide(pipe: Pipeline, keys: SessionKeys) -> Plan:
+            current = (await self._load_vars(pipe, keys, [name]))[name]
+            var_count = int(await pipe.hlen(keys.vars))
+            plan = plan_put(name, value, current, var_count, self.max_variables, self._clock())
+            plan.deadline = deadline
+            return plan
+
+        result: Variable = await self._transact(tenant, session, decide)
+        return result
+
+    @_store_errors
+    async def set_result(
+        self,
+        tenant: str,
+        session: str,
+        name: str,
+        value: str,
+        *,
+        producer: str | None = None,
+        record: RequestRecord | None = None,
+    ) -> Variable:
+        """The producing request stores its output (and, atomically, its final record).
+
+        NotFound if the variable is gone (session deleted or expired);
+        Conflict if already ready/failed or `producer` is given and differs;
+        PayloadTooLarge past max_value_bytes.
+        """
+        check_size(name, value, self.max_value_bytes)
+
+        async def decide(pipe: Pipeline, keys: SessionKeys) -> Plan:
+            current = (await self._load_vars(pipe, keys, [name]))[name]
+            plan = plan_result(name, value, current, producer, self._clock())
+            if record is not None:
+                plan.requests.append(record)
+            return plan
+
+        result: Variable = await self._transact(tenant, session, decide)
+        return result
+
+    @_store_errors
+    async def fail_variable(
+        self, tenant: str, session: str, name: str, error: str,
+        *, record: RequestRecord | None = None,
+    ) -> bool:
+        """Mark a pending variable failed (with the producer's final record, atomically);
+        False if it is missing or already settled."""
+
+        async def decide(pipe: Pipeline, keys: SessionKeys) -> Plan:
+            current = (await self._load_vars(pipe, keys, [name]))[name]
+            plan = plan_fail(name, error, current, self._clock())
+            if record is not None and (plan.variables or current is not None):
+                plan.requests.append(record)
+            return plan
+
+        result: bool = await self._transact(tenant, session, decide)
+        return result
+
+    @_store_errors
+    async def save_request(self, rec: RequestRecord) -> bool:
+        """Overwrite a request record's progress fields in one round trip.
+
+        Only the request's owner (the replica running it) writes its record
+        after registration, so no read-modify-write race exists; the script only
+        refuses to resurrect a record whose session was deleted. The version is
+        not bumped: progress fields do not change the graph's shape.
+        """
+        keys = self.keys(rec.tenant, rec.session)
+        saved = await self._redis.eval(
+            scripts.SAVE_RECORD, 2, keys.meta, keys.reqs, rec.id, rec.to_json(), self.ttl_s
+        )
+        return bool(saved)
+
+    @_store_errors
+    async def delete_session(self, tenant: str, session: str) -> bool:
+        """Drop every key of the session and wake its waiters; False if it did not exist.
+
+        Cancelling its pending requests is the caller's job (list them first).
+        """
+        keys = self.keys(tenant, session)
+        async with self._locks.hold(keys.meta):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.delete(*keys.data)
+                pipe.publish(keys.channel, Event(tenant, session, "deleted").encode())
+                deleted, _ = await pipe.execute()
+        return int(deleted) > 0
+
+    # -------------------------------------------------------------- reads
+
+    @_store_errors
+    async def get_variable(self, tenant: str, session: str, name: str) -> Variable | None:
+        raw = await self._redis.hget(self.keys(tenant, session).vars, name)
+        return Variable.from_json(name, raw) if raw is not None else None
+
+    @_store_errors
+    async def list_variables(self, tenant: str, session: str) -> list[Variable]:
+        raw = await self._redis.hgetall(self.keys(tenant, session).vars)
+        return sorted(
+            (Variable.from_json(_str(k), v) for k, v in raw.items()), key=lambda v: v.name
+        )
+
+    @_store_errors
+    async def list_requests(self, tenant: str, session: str) -> list[RequestRecord]:
+        """Records in creation order."""
+        raw = await self._redis.hgetall(self.keys(tenant, session).reqs)
+        recs = [RequestRecord.from_json(v) for v in raw.values()]
+        return sorted(recs, key=lambda r: (r.created_at, r.id))
+
+    @_store_errors
+    async def session_exists(self, tenant: str, session: str) -> bool:
+        return bool(await self._redis.exists(self.keys(tenant, session).meta))
+
+    # -------------------------------------------------------------- waits
+
+    @_store_errors
+    async def _wait_read(self, tenant: str, session: str, names: list[str]) -> dict[str, Variable]:
+        """Current states; absent variables read as pending, a missing session as failed."""
+        keys = self.keys(tenant, session)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.exists(keys.meta)
+            pipe.hmget(keys.vars, names)
+            exists, raw = await pipe.execute()
+        if not exists:
+            return {n: Variable(n, "failed", error=SESSION_DELETED) for n in names}
+        return {
+            n: Variable.from_json(n, r) if r is not None else Variable(n)
+            for n, r in zip(names, raw)
+        }
+
+    async def wait_variables(
+        self, tenant: str, session: str, names: list[str], timeout: float
+    ) -> dict[str, Variable]:
+        """Wait until every named variable is ready or any has failed, at most `timeout` s.
+
+        Returns the states then (pending ones on timeout). A session that does
+        not exist (or is deleted meanwhile) reads as failed "session deleted":
+        check existence first to answer 404. The first read raises
+        ServiceUnavailable if Redis is down; later re-reads ride out an outage
+        until the timeout. Wakes on the notifier's events, with a re-read
+        every `recheck_s` as a safety net.
+        """
+        if self.notifier is None:
+            raise RuntimeError("wait_variables needs a Notifier")
+        names = list(dict.fromkeys(names))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(0.0, timeout)
+        last: dict[str, Variable] | None = None
+        # Register before reading, and clear before each read: no lost wake-up.
+        with self.notifier.watch(tenant, session, names) as waiter:
+            while True:
+                waiter.clear()
+                try:
+                    last = await self._wait_read(tenant, session, names)
+                except ServiceUnavailable:
+                    if last is None or loop.time() >= deadline:
+                        raise
+                else:
+                    if settled(last):
+                        return last
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    return last
+                await waiter.wait(min(remaining, self.recheck_s))

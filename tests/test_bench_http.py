@@ -1,0 +1,89 @@
+"""The load generator's lean HTTP client against a real uvicorn server (the simulated
+engine): JSON and streamed bodies, query strings, keep-alive reuse, connections the
+server closed, errors, and the same answers as the aiohttp adapter."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from backends.sim.app import create_sim_app
+from backends.sim.config import SimConfig
+from benchmarks.httpclient import AiohttpClient, HttpClient, HttpError
+from benchmarks.systems import _Sse
+from common.serving import UvicornThread, free_port
+
+BODY = {"model": "default", "messages": [{"role": "user", "content": "Say something."}],
+        "max_tokens": 12, "ignore_eos": True}
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[UvicornThread]:
+    server = UvicornThread(create_sim_app(SimConfig(time_scale=0.02)), timeout_keep_alive=1).start()
+    yield server
+    server.stop()
+
+
+def _run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(coro)
+
+
+@pytest.mark.parametrize("kind", ["lean", "aiohttp"])
+def test_json_stream_and_query(engine: UvicornThread, kind: str) -> None:
+    async def go() -> None:
+        http = HttpClient() if kind == "lean" else AiohttpClient()
+        async with http:
+            r = await http.request("POST", engine.url + "/v1/chat/completions", orjson.dumps(BODY),
+                                   {"Content-Type": "application/json"})
+            assert r.status == 200 and r.sent_at > 0
+            data = orjson.loads(r.body)
+            assert data["usage"]["completion_tokens"] == 12 and r.headers["content-type"].startswith(
+                "application/json")
+            sse = _Sse()
+            r = await http.request("POST", engine.url + "/v1/chat/completions",
+                                   orjson.dumps({**BODY, "stream": True}),
+                                   {"Content-Type": "application/json"}, on_chunk=sse.feed)
+            reply = sse.reply(r)
+            assert reply.status == 200 and reply.first_token is not None and reply.first_token >= r.sent_at
+            assert reply.data["choices"][0]["message"]["content"] == data["choices"][0]["message"]["content"]
+            r = await http.request("GET", engine.url + "/v1/models", params={"x": "a b"})
+            assert r.status == 200 and orjson.loads(r.body)["data"]
+            r = await http.request("POST", engine.url + "/v1/chat/completions", b"{not json",
+                                   {"Content-Type": "application/json"})
+            assert 400 <= r.status < 500 and orjson.loads(r.body)["error"]
+
+    _run(go())
+
+
+def test_keep_alive_reuse_and_server_closed_connections(engine: UvicornThread) -> None:
+    async def go() -> None:
+        async with HttpClient(keepalive_s=60) as http:
+            await asyncio.gather(*(http.request("GET", engine.url + "/health") for _ in range(8)))
+            assert len(http._all) == 8
+            for _ in range(5):
+                assert (await http.request("GET", engine.url + "/health")).status == 200
+            assert len(http._all) == 8  # sequential requests reuse one pooled connection
+            await asyncio.sleep(1.5)  # uvicorn (timeout_keep_alive=1) closes the idle ones
+            assert (await http.request("GET", engine.url + "/health")).status == 200
+            assert len(http._all) == 1
+        async with HttpClient(keepalive_s=0.0) as http:  # our own expiry: never reuse
+            for _ in range(3):
+                await http.request("GET", engine.url + "/health")
+            assert len(http._all) == 1
+
+    _run(go())
+
+
+def test_errors_are_raised_not_hung() -> None:
+    async def go() -> None:
+        async with HttpClient(timeout_s=5) as http:
+            with pytest.raises(OSError):
+                await http.request("GET", f"http://127.0.0.1:{free_port()}/health")
+            with pytest.raises(ValueError):
+                await http.request("GET", "https://example.invalid/")
+
+    _run(go())
+    assert issubclass(HttpError, OSError)
