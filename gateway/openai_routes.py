@@ -15,7 +15,7 @@ from common.types import JSON, Route
 
 from . import session_http
 from .completion import RequestContext
-from .responses import CLIENT_CLOSED, primed, streaming
+from .responses import CLIENT_CLOSED, FastJSONResponse, primed, streaming
 from .validation import ChatBody, CompletionBody, parse_json, validate
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ async def _completion(request: Request, route: Route) -> Response:
     except asyncio.CancelledError:
         task.cancel()
         raise
-    return JSONResponse(task.result().body)
+    return FastJSONResponse(task.result().body)
 
 
 async def chat_completions(request: Request) -> Response:

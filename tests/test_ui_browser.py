@@ -63,15 +63,16 @@ def browser() -> Iterator[Any]:
 
 @pytest.fixture(scope="module")
 def live(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """Two simulated engines at time-scale 1, API keys for tenants a and b, and a 1500-byte
-    variable limit so that a long output fails its producer."""
+    """Two simulated engines at time-scale 1, API keys for tenants a and b, a 1500-byte
+    variable limit so that a long output fails its producer, and engine calls streamed so
+    that records know their first token (the timeline splits prefill and decode)."""
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
     client.close()
     keys = tmp_path_factory.mktemp("keys") / "keys.json"
     keys.write_text(json.dumps({"keys": {"key-a": {"tenant": "a"}, "key-b": {"tenant": "b"}}}))
     s = start_stack(redis_server.url, engines=2, time_scale=1.0, api_keys=str(keys),
-                    max_value_bytes=1500)
+                    max_value_bytes=1500, engine_streaming=True)
     yield s
     s.stop()
 
