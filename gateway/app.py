@@ -28,6 +28,7 @@ from common.errors import ParrotError
 from . import generate_route, logs, openai_routes, responses_api, session_routes
 from .metrics import Metrics
 from .settings import Settings
+from .ui import routes as ui_routes
 from .wiring import Gateway, build_gateway
 
 log = logging.getLogger("parrot.gateway")
@@ -75,13 +76,17 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         rid = ""
+        sid = None
         for k, v in scope.get("headers", []):
             if k == b"x-request-id":
                 rid = v.decode("latin-1")[:128]
+            elif k == b"x-parrot-session":
+                sid = v.decode("latin-1")
         if not rid or not rid.isprintable():
             rid = "req-" + uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         token = logs.request_id.set(rid)
+        session_token = logs.session_id.set(logs.session_of(scope.get("path", ""), sid))
         start = time.perf_counter()
         status = 500
         route = _route_label(scope)
@@ -98,6 +103,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             logs.request_id.reset(token)
+            logs.session_id.reset(session_token)
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
 
@@ -173,6 +179,7 @@ def create_app(
         *responses_api.routes,
         *generate_route.routes,
         *session_routes.routes,
+        *ui_routes.routes,
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -18,7 +18,7 @@ from common.errors import NotFound
 from common.types import JSON, Route
 
 from .assemble import Assembler
-from .dispatcher import Dispatcher, Outcome, Restart
+from .dispatcher import Dispatcher, Outcome, Restart, has_output
 from .engines import EnginePool
 from .metrics import Metrics
 from .policy import Job
@@ -173,18 +173,21 @@ class Completions:
         (``restartable``: the dispatcher says ``RESTART`` and the assembly starts over)."""
         assembler = Assembler(route)
         started: list[tuple[str, float]] = []
+        ttft_s: float | None = None
         t0 = time.monotonic()
         async for chunk in self.dispatcher.stream(
             job, call, lambda e, q: started.append((e, q)), restartable=True
         ):
             if isinstance(chunk, Restart):
-                assembler = Assembler(route)
+                assembler, ttft_s = Assembler(route), None
                 continue
+            if ttft_s is None and has_output(chunk):
+                ttft_s = time.monotonic() - t0
             assembler.add(chunk)
         body = assembler.result()
         engine, queued_s = started[-1] if started else ("", 0.0)
         return Outcome(engine, body, Usage.from_openai(body.get("usage")), queued_s,
-                       time.monotonic() - t0 - queued_s)
+                       time.monotonic() - t0 - queued_s, ttft_s)
 
     async def stream(
         self,

@@ -44,6 +44,7 @@ class Outcome:
     usage: Usage | None
     queued_s: float
     run_s: float
+    ttft_s: float | None = None  # call start to first generated token (streamed calls)
 
 
 class Restart:
@@ -68,7 +69,7 @@ class EngineRejectedError(ParrotError):
             self.code = body["error"].get("code") or self.code
 
 
-def _has_output(chunk: JSON) -> bool:
+def has_output(chunk: JSON) -> bool:
     if "meta_info" in chunk:  # SGLang /generate: every streamed item carries output so far
         return True
     for c in chunk.get("choices") or ():
@@ -275,7 +276,7 @@ class Dispatcher:
                         first = False
                         if on_start is not None:
                             on_start(d.engine, started - t0)
-                    if not prefilled and _has_output(chunk):
+                    if not prefilled and has_output(chunk):
                         # The first generated token, not the role-only opening chunk
                         # some servers send at once, marks the end of prefill.
                         prefilled = True

@@ -111,6 +111,15 @@ class Settings(BaseModel):
         description="Gateway processes sharing the port (each a replica over the same Redis).",
     )
     log_level: str = Field("info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text or as one JSON object per line."
+    )
+    # session view (/ui)
+    ui_secret: str | None = Field(
+        None, description="HMAC key of signed view links; empty: generated, shared via Redis."
+    )
+    ui_link_ttl_s: int = Field(900, ge=10, le=86400, description="Lifetime of a signed view link.")
+    ui_recent_sessions: int = Field(200, ge=1, le=10000, description="Sessions /ui lists per tenant.")
 
     @field_validator("backend", mode="before")
     @classmethod

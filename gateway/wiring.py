@@ -25,6 +25,7 @@ from .metrics import Metrics
 from .notifier import Notifier
 from .policy import SchedulerConfig, make_scheduler
 from .response_store import ResponseStore
+from .session_index import SessionIndex
 from .session_runner import SessionRunner
 from .settings import Settings
 from .store import SessionStore
@@ -44,6 +45,7 @@ class Gateway:
     limits: RateLimiter
     metrics: Metrics
     responses: ResponseStore
+    index: SessionIndex
     draining: bool = False
 
     def principal(self, request: Request) -> Principal:
@@ -112,6 +114,8 @@ def build_gateway(
         limits=RateLimiter(redis),
         metrics=metrics,
         responses=ResponseStore(redis, ttl_s=settings.session_ttl_s),
+        index=SessionIndex(redis, store, ttl_s=settings.session_ttl_s, keep=settings.ui_recent_sessions,
+                           on_new=metrics.sessions.inc),
     )
 
 
