@@ -104,8 +104,9 @@ class RequestIdMiddleware:
         finally:
             logs.request_id.reset(token)
             logs.session_id.reset(session_token)
-            self.metrics.requests.labels(route, str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+            m = self.metrics
+            m.child(m.requests, route, str(status)).inc()
+            m.child(m.latency, route).observe(time.perf_counter() - start)
 
 
 def _route_label(scope: Scope) -> str:

@@ -177,7 +177,7 @@ class Dispatcher:
     def finish(self, job_id: str, *, cached_tokens: int | None = None, ok: bool = True) -> None:
         engine = self._running.pop(job_id, None)
         if engine is not None:
-            self.metrics.inflight.labels(engine).dec()
+            self.metrics.child(self.metrics.inflight, engine).dec()
         self.policy.on_finish(job_id, self.clock(), cached_tokens=cached_tokens, ok=ok)
         self._pump()
 
@@ -190,7 +190,7 @@ class Dispatcher:
                 self.policy.on_finish(d.job_id, self.clock(), ok=False)
                 continue
             self._running[d.job_id] = d.engine
-            self.metrics.inflight.labels(d.engine).inc()
+            self.metrics.child(self.metrics.inflight, d.engine).inc()
             fut.set_result(d)
         self.metrics.queued.set(self.policy.queued())
 
@@ -200,8 +200,8 @@ class Dispatcher:
         for attempt in range(self.retry_budget + 1):
             t0 = self.clock()
             d = await self.acquire(replace(job, avoid=frozenset(avoid)) if avoid else job)
-            self.metrics.queue_wait.labels(
-                "latency" if job.latency_critical else "throughput"
+            self.metrics.child(
+                self.metrics.queue_wait, "latency" if job.latency_critical else "throughput"
             ).observe(self.clock() - t0)
             yield d, t0
             avoid.add(d.engine)

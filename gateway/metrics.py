@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -56,10 +58,23 @@ class Metrics:
             registry=r,
         )
 
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._usage = tuple(self.tokens.labels(k) for k in ("prompt", "cached", "completion"))
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, memoised: prometheus-client validates and locks on
+        every ``labels`` call, a measurable cost per request on the hot path."""
+        key = (id(metric), labels)
+        c = self._children.get(key)
+        if c is None:
+            c = self._children[key] = metric.labels(*labels)
+        return c
+
     def observe_usage(self, prompt: int, cached: int, completion: int) -> None:
-        self.tokens.labels("prompt").inc(prompt)
-        self.tokens.labels("cached").inc(cached)
-        self.tokens.labels("completion").inc(completion)
+        p, c, o = self._usage
+        p.inc(prompt)
+        c.inc(cached)
+        o.inc(completion)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

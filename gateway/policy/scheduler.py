@@ -227,6 +227,8 @@ class Scheduler:
     # decisions -----------------------------------------------------------------
     def schedule(self, now: float) -> list[Dispatch]:
         """Everything that can start now, in dispatch order."""
+        if not self._queue and not self._warmups:
+            return []  # nothing waits (every finish pumps; most find an empty queue)
         out: list[Dispatch] = []
         self._now = now
         self._expire_warmups(now)
