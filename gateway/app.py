@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backends.base import Engine
 from common.errors import ParrotError
 
-from . import logs, openai_routes, session_routes
+from . import logs, openai_routes, program_routes, session_routes
 from .metrics import Metrics
 from .settings import Settings
 from .wiring import Gateway, build_gateway
@@ -108,6 +108,8 @@ def _route_label(scope: Scope) -> str:
         return "/v1/sessions/{sid}/variables" if "/variables/" in path else "/v1/sessions/{sid}"
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
+    if path.startswith("/v1/programs/"):
+        return "/v1/programs/{id}"
     known = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"}
     return path if path in known else "other"
 
@@ -158,6 +160,7 @@ def create_app(
         finally:
             gw.draining = True
             await gw.sessions.drain(gw.settings.drain_timeout_s)
+            await gw.programs.store.flush()
             await gw.pool.stop()
             await gw.notifier.stop()
             await gw.redis.aclose()
@@ -168,6 +171,7 @@ def create_app(
         Route("/v1/models", openai_routes.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", openai_routes.get_model, methods=["GET"]),
         *session_routes.routes,
+        *program_routes.routes,
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

@@ -52,6 +52,19 @@ class Metrics:
             registry=r,
         )
 
+        # Programs inferred from plain traffic (gateway/programs.py). Link rate:
+        # rate(parrot_program_requests_total{result="linked"}) / rate(parrot_program_requests_total)
+        self.program_requests = Counter(
+            "parrot_program_requests_total",
+            "Plain requests by program inference result (new program, linked to one, unplaced)",
+            ["result"], registry=r,
+        )
+        self.program_links = Counter(
+            "parrot_program_links_total",
+            "Plain requests placed in a program, by reason (new, hint, chain, tool, content, user)",
+            ["reason"], registry=r,
+        )
+
     def observe_usage(self, prompt: int, cached: int, completion: int) -> None:
         self.tokens.labels("prompt").inc(prompt)
         self.tokens.labels("cached").inc(cached)

@@ -24,6 +24,7 @@ from .limits import RateLimiter
 from .metrics import Metrics
 from .notifier import Notifier
 from .policy import SchedulerConfig, make_scheduler
+from .programs import Programs, ProgramStore
 from .session_runner import SessionRunner
 from .settings import Settings
 from .store import SessionStore
@@ -42,6 +43,7 @@ class Gateway:
     auth: Authenticator
     limits: RateLimiter
     metrics: Metrics
+    programs: Programs
     draining: bool = False
 
     def principal(self, request: Request) -> Principal:
@@ -109,6 +111,10 @@ def build_gateway(
         auth=Authenticator.from_file(settings.api_keys),
         limits=RateLimiter(redis),
         metrics=metrics,
+        programs=Programs(
+            ProgramStore(redis, ttl_s=settings.program_ttl_s), metrics,
+            enabled=settings.infer_programs, link_user=settings.program_link_user,
+        ),
     )
 
 
