@@ -42,6 +42,7 @@ tokens of every finished step, from the engines' own usage reports.
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from hashlib import blake2b
@@ -56,6 +57,7 @@ __all__ = [
     "Probe",
     "ProgramRecord",
     "ProgramTable",
+    "ReplicaCache",
     "Query",
     "answer_keys",
     "assistant_messages",
@@ -71,6 +73,7 @@ MIN_CONTENT_BYTES = 64
 MAX_CHAIN_PROBES = 16
 MAX_TOOL_PROBES = 16
 MAX_CONTENT_PROBES = 4
+CONTENT_WINDOW = 8  # content probes look at the latest messages only
 _DIGEST = 8
 _SEP, _END, _PART = b"\x1f", b"\x1e", b"\x1d"
 
@@ -124,9 +127,16 @@ def _calls(message: Mapping[str, Any], with_ids: bool = True) -> list[bytes]:
 
 def canonical_message(message: Any) -> bytes:
     """Canonical bytes of one chat message (see the module docstring)."""
-    if not isinstance(message, Mapping):
-        return repr(message).encode() + _END
-    parts = [str(message.get("role", "")).encode(), _SEP, _content(message.get("content")).encode()]
+    if type(message) is not dict:
+        if not isinstance(message, Mapping):
+            return repr(message).encode() + _END
+        message = dict(message)
+    content = message.get("content")
+    text = content if type(content) is str else _content(content)
+    head = b"%s\x1f%s" % (str(message.get("role", "")).encode(), text.encode())
+    if "tool_calls" not in message and "tool_call_id" not in message and "function_call" not in message:
+        return head + _END  # the common case, kept fast: one format, no lists
+    parts = [head]
     for call in _calls(message):
         parts += [_PART, call]
     tcid = message.get("tool_call_id")
@@ -144,13 +154,27 @@ def _h(*chunks: bytes) -> bytes:
 
 
 def chain_digests(messages: Sequence[Any]) -> list[bytes]:
-    """``h_1..h_n``: digest ``k`` names messages ``1..k`` (stable across processes)."""
+    """``h_1..h_n``: digest ``k`` names messages ``1..k`` (one running hash over their
+    canonical bytes, read at every message boundary; stable across processes)."""
+    return _scan(messages)[1]
+
+
+def _scan(messages: Sequence[Any]) -> tuple[list[bytes], list[bytes]]:
+    """Canonical bytes of every message, and the digest of the transcript up to each."""
+    h = blake2b(digest_size=_DIGEST)
+    canon: list[bytes] = []
     out: list[bytes] = []
-    prev = b""
     for m in messages:
-        prev = _h(prev, canonical_message(m))
-        out.append(prev)
-    return out
+        c = canonical_message(m)
+        canon.append(c)
+        h.update(c)
+        out.append(h.copy().digest())
+    return canon, out
+
+
+def _chain_key(before: bytes, answer: bytes) -> str:
+    """Key of a transcript (digest ``before``) followed by an answer (canonical bytes)."""
+    return _key("chain", _h(b"a", before, answer))
 
 
 def _key(kind: str, digest: bytes) -> str:
@@ -197,24 +221,25 @@ def identify(messages: Sequence[Any] | None, *, user: str | None = None,
     """The probes of a request, strongest first (module docstring). ``messages`` is None
     for prompt-only routes (completions): only the hint and the user can link them."""
     uk = _user_key(user) if user else None
-    if hint:
-        return Query((), hint, uk, chain_digests(messages)[-1] if messages else None)
     if not messages:
-        return Query((Probe("user", uk),) if uk else (), None, uk, None)
-    digests = chain_digests(messages)
+        return Query((Probe("user", uk),) if uk and not hint else (), hint, uk, None)
+    canon, digests = _scan(messages)
+    if hint:
+        return Query((), hint, uk, digests[-1])
     chain: list[Probe] = []
     tools: list[Probe] = []
     contents: list[Probe] = []
-    for i in range(len(messages) - 1, -1, -1):
+    n = len(messages)
+    for i in range(n - 1, -1, -1):
         m = messages[i]
-        if not isinstance(m, Mapping):
+        if type(m) is not dict and not isinstance(m, Mapping):
             continue
         role = m.get("role")
         if role == "assistant" and len(chain) < MAX_CHAIN_PROBES:
-            chain.append(Probe("chain", _key("chain", digests[i])))
+            chain.append(Probe("chain", _chain_key(digests[i - 1] if i else b"", canon[i])))
         elif role == "tool" and m.get("tool_call_id") is not None and len(tools) < MAX_TOOL_PROBES:
             tools.append(Probe("tool", _tool_key(m["tool_call_id"])))
-        if role != "system" and len(contents) < MAX_CONTENT_PROBES:
+        if role != "system" and len(contents) < MAX_CONTENT_PROBES and n - i <= CONTENT_WINDOW:
             k = _content_key(m)
             if k is not None:
                 contents.append(Probe("content", k))
@@ -242,7 +267,7 @@ def answer_keys(query: Query, answers: Iterable[Mapping[str, Any]]) -> tuple[str
     for a in answers:
         msg = {**a, "role": "assistant"}
         if query.tail is not None:
-            keys[_key("chain", _h(query.tail, canonical_message(msg)))] = None
+            keys[_chain_key(query.tail, canonical_message(msg))] = None
         calls = msg.get("tool_calls")
         if isinstance(calls, list):
             for c in calls:
@@ -301,7 +326,7 @@ class ProgramTable:
     """The store's rules over dictionaries, without expiry: one tenant's keys and records.
 
     ``link`` (when a request arrives) and ``done`` (when it was answered) are what
-    the Redis scripts do in one round trip each."""
+    the Redis scripts ``LINK`` and ``DONE`` do, in one round trip each."""
 
     def __init__(self) -> None:
         self.keys: dict[str, str] = {}
@@ -315,34 +340,129 @@ class ProgramTable:
                 return v, p.kind
         return None
 
+    def _record(self, pid: str, now: float) -> ProgramRecord:
+        rec = self.records.get(pid)
+        if rec is None:
+            rec = self.records[pid] = ProgramRecord(pid, now, now)
+        return rec
+
+    def count(self, pid: str, reason: str, user_key: str | None, now: float) -> ProgramRecord:
+        """Count one step of ``pid``, linked for ``reason``."""
+        rec = self._record(pid, now)
+        rec.steps += 1
+        rec.last_seen = now
+        rec.links[reason] = rec.links.get(reason, 0) + 1
+        if user_key:
+            self.keys[user_key] = pid
+        return rec
+
     def link(self, query: Query, new_id: str, now: float) -> Link:
         if query.hint:
             pid, reason = query.hint, "hint"
         else:
             pid, reason = self.lookup(query) or (new_id, NEW)
-        rec = self.records.get(pid)
+        rec = self.count(pid, reason, query.user_key, now)
+        return Link(pid, reason, replace(rec, links=dict(rec.links)))
+
+    def learn(self, pid: str, keys: Iterable[str]) -> tuple[str, ...]:
+        """Each key names ``pid`` unless another program already claimed it (then nobody);
+        returns the keys that name nobody now."""
+        ambiguous = []
+        for k in keys:
+            v = self.keys.get(k)
+            if v is None or v == pid:
+                self.keys[k] = pid
+            else:
+                self.keys[k] = AMBIGUOUS
+                ambiguous.append(k)
+        return tuple(ambiguous)
+
+    def done(self, pid: str, keys: Iterable[str], prompt: int, cached: int, completion: int,
+             engine: str | None, now: float, step: tuple[str, str | None] | None = None
+             ) -> tuple[str, ...]:
+        """Record an answered step; ``step`` = (reason, user key) counts it first, for a
+        step a replica placed from its own cache (it did not ``link``). Returns the keys
+        that turned out ambiguous."""
+        if step is not None:
+            self.count(pid, step[0], step[1], now)
+        ambiguous = self.learn(pid, keys)
+        self._record(pid, now).finish_step(prompt, cached, completion, engine, now)
+        return ambiguous
+
+
+class ReplicaCache:
+    """What one replica knows without asking the store, so most steps cost no round trip.
+
+    It holds the keys its own answers wrote (with the store's ambiguity rule applied to
+    what it has seen) and the records it last saw, per tenant, for ``ttl_s``. It
+    decides a request alone only when the request's *strongest* probe is such a key
+    (the previous step of a loop or chat was answered here): the store would name the
+    same program, unless another replica has since seen an identical transcript
+    answered (the store would then say ambiguous; the false-link measurement runs with
+    several replicas to count that). A hinted request is decided alone when its
+    record is here. Anything else asks the store."""
+
+    def __init__(self, ttl_s: float = 900.0, max_keys: int = 200_000, max_records: int = 50_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_keys = max_keys
+        self.max_records = max_records
+        self._keys: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
+        self._records: OrderedDict[tuple[str, str], tuple[ProgramRecord, float]] = OrderedDict()
+
+    def _get(self, table: OrderedDict[Any, Any], key: Any, now: float) -> Any:
+        hit = table.get(key)
+        if hit is None:
+            return None
+        if now - hit[1] > self.ttl_s:
+            del table[key]
+            return None
+        return hit[0]
+
+    @staticmethod
+    def _put(table: OrderedDict[Any, Any], key: Any, value: Any, now: float, limit: int) -> None:
+        table[key] = (value, now)
+        table.move_to_end(key)
+        while len(table) > limit:
+            table.popitem(last=False)
+
+    def decide(self, tenant: str, query: Query, now: float) -> Link | None:
+        if query.hint:
+            pid, reason = query.hint, "hint"
+        elif query.probes:
+            pid = self._get(self._keys, (tenant, query.probes[0].key), now)
+            reason = query.probes[0].kind
+            if pid is None or pid == AMBIGUOUS:
+                return None
+        else:
+            return None
+        rec = self._get(self._records, (tenant, pid), now)
         if rec is None:
-            rec = self.records[pid] = ProgramRecord(pid, now, now)
+            return None
         rec.steps += 1
         rec.last_seen = now
         rec.links[reason] = rec.links.get(reason, 0) + 1
-        if query.user_key:
-            self.keys[query.user_key] = pid
         return Link(pid, reason, replace(rec, links=dict(rec.links)))
 
-    def learn(self, pid: str, keys: Iterable[str]) -> None:
-        """Each key names ``pid`` unless another program already claimed it (then nobody)."""
-        for k in keys:
-            v = self.keys.get(k)
-            if v is None:
-                self.keys[k] = pid
-            elif v != pid:
-                self.keys[k] = AMBIGUOUS
+    def remember(self, tenant: str, rec: ProgramRecord, now: float) -> None:
+        self._put(self._records, (tenant, rec.id), replace(rec, links=dict(rec.links)), now,
+                  self.max_records)
 
-    def done(self, pid: str, keys: Iterable[str], prompt: int, cached: int, completion: int,
-             engine: str | None, now: float) -> None:
-        self.learn(pid, keys)
-        rec = self.records.get(pid)
-        if rec is None:
-            rec = self.records[pid] = ProgramRecord(pid, now, now)
-        rec.finish_step(prompt, cached, completion, engine, now)
+    def answered(self, tenant: str, pid: str, keys: Iterable[str], prompt: int, cached: int,
+                 completion: int, engine: str | None, now: float) -> None:
+        """This replica answered a step of ``pid``: its keys and its usage."""
+        for k in keys:
+            old = self._get(self._keys, (tenant, k), now)
+            self._put(self._keys, (tenant, k), pid if old in (None, pid) else AMBIGUOUS, now,
+                      self.max_keys)
+        rec = self._get(self._records, (tenant, pid), now)
+        if rec is not None:
+            rec.finish_step(prompt, cached, completion, engine, now)
+
+    def forget_keys(self) -> None:
+        """Drop every key (news of ambiguous keys may have been missed)."""
+        self._keys.clear()
+
+    def ambiguous(self, tenant: str, keys: Iterable[str], now: float) -> None:
+        """The store says these keys name nobody (another program claimed them too)."""
+        for k in keys:
+            self._put(self._keys, (tenant, k), AMBIGUOUS, now, self.max_keys)

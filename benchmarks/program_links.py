@@ -12,8 +12,13 @@ prefixes get identical answers; some users paste a stock reply as their own
 message; a third of the conversations call tools (ids derived from the
 transcript, as the simulated engine does). Follow-ups come from a small pool
 too. Conversations run interleaved in random order, each step after its
-predecessor was answered, through ``analysis.programs`` (``ProgramTable``, the
-reference semantics of the Redis store).
+predecessor was answered, through ``analysis.programs`` exactly as the gateway
+runs it: ``--replicas`` gateway replicas, each request sent to one at random,
+each replica deciding from its own ``ReplicaCache`` when it can and asking the
+store (``ProgramTable``, the reference semantics of the Redis scripts)
+otherwise; keys that turn ambiguous reach every replica's cache, as the DONE
+script's PUBLISH does (here at once; in a deployment a few ms later, see
+``gateway/programs.py``).
 
 A request is *falsely linked* when the program it joins was started by a
 different conversation; the rate is over all requests (and over linked ones).
@@ -32,7 +37,15 @@ from dataclasses import dataclass, field
 from hashlib import blake2b
 from typing import Any
 
-from analysis.programs import ProgramTable, answer_keys, assistant_messages, identify
+from analysis.programs import (
+    Link,
+    ProgramRecord,
+    ProgramTable,
+    ReplicaCache,
+    answer_keys,
+    assistant_messages,
+    identify,
+)
 
 SYSTEMS = (
     "You are a helpful assistant.",
@@ -109,10 +122,26 @@ def _advance(c: Conversation, answer: dict[str, Any], rng: random.Random) -> Non
     c.messages.append({"role": "user", "content": text})
 
 
-def measure(conversations: int = 2000, seed: int = 0, concurrency: int = 200) -> dict[str, Any]:
+def _place(table: ProgramTable, cache: ReplicaCache, q: Any, new_id: str, now: float) -> tuple[Link, bool]:
+    """What ``gateway.programs.Programs.place`` does: the cache, a local new program, the store."""
+    link = cache.decide("t", q, now)
+    if link is not None:
+        return link, True
+    if not q.probes and q.hint is None:
+        link = Link(new_id, "new", ProgramRecord(new_id, now, now, steps=1, links={"new": 1}))
+        cache.remember("t", link.record, now)
+        return link, True
+    link = table.link(q, new_id, now)
+    cache.remember("t", link.record, now)
+    return link, False
+
+
+def measure(conversations: int = 2000, seed: int = 0, concurrency: int = 200,
+            replicas: int = 2) -> dict[str, Any]:
     """Run the generated traffic through inference; counts and rates (module docstring)."""
     rng = random.Random(seed)
     table = ProgramTable()
+    caches = [ReplicaCache(ttl_s=1e12) for _ in range(replicas)]
     owner: dict[str, int] = {}  # program -> the conversation that started it
     started = 0
     live: list[Conversation] = []
@@ -125,7 +154,9 @@ def measure(conversations: int = 2000, seed: int = 0, concurrency: int = 200) ->
             started += 1
         c = live[rng.randrange(len(live))]
         q = identify(c.messages)
-        link = table.link(q, f"p{requests}", float(requests))
+        cache = caches[rng.randrange(replicas)]
+        now = float(requests)
+        link, local = _place(table, cache, q, f"p{requests}", now)
         requests += 1
         reasons[link.reason] = reasons.get(link.reason, 0) + 1
         owner.setdefault(link.program, c.cid)
@@ -138,8 +169,12 @@ def measure(conversations: int = 2000, seed: int = 0, concurrency: int = 200) ->
             recalled += link.reason != "new" and owner[link.program] == c.cid
         programs_of.setdefault(c.cid, set()).add(link.program)
         answer = model(c.messages, c.tools)
-        table.done(link.program, answer_keys(q, assistant_messages({"choices": [{"message": answer}]})),
-                   0, 0, 0, None, float(requests))
+        keys = answer_keys(q, assistant_messages({"choices": [{"message": answer}]}))
+        cache.answered("t", link.program, keys, 0, 0, 0, None, now)
+        ambiguous = table.done(link.program, keys, 0, 0, 0, None, now,
+                               (link.reason, q.user_key) if local else None)
+        for each in caches:  # the DONE script publishes them to every replica
+            each.ambiguous("t", ambiguous, now)
         c.steps_left -= 1
         if c.steps_left <= 0 and not answer.get("tool_calls"):
             live.remove(c)
@@ -153,7 +188,7 @@ def measure(conversations: int = 2000, seed: int = 0, concurrency: int = 200) ->
         "continuations": continuations,
         "recall": round(recalled / continuations, 6) if continuations else 1.0,
         "programs_per_conversation": round(sum(map(len, programs_of.values())) / max(1, len(programs_of)), 4),
-        "reasons": reasons, "seed": seed, "concurrency": concurrency,
+        "reasons": reasons, "seed": seed, "concurrency": concurrency, "replicas": replicas,
     }
 
 
@@ -162,9 +197,10 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--conversations", type=int, default=20000)
     p.add_argument("--concurrency", type=int, default=200, help="conversations in flight at once")
+    p.add_argument("--replicas", type=int, default=2, help="gateway replicas, each with its own cache")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
-    print(json.dumps(measure(args.conversations, args.seed, args.concurrency), indent=2))
+    print(json.dumps(measure(args.conversations, args.seed, args.concurrency, args.replicas), indent=2))
     return 0
 
 

@@ -7,6 +7,7 @@ port with its log under the output directory.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import subprocess
@@ -66,11 +67,12 @@ class Services:
 
     # -------------------------------------------------------------- start
 
-    def _spawn(self, name: str, cmd: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **env} if env else None)
         self.procs.append((name, proc))
         return proc
 
@@ -110,7 +112,10 @@ class Services:
             except (httpx.HTTPError, ValueError):
                 continue
 
-    def start_gateway(self, extra: list[str] | None = None) -> None:
+    def start_gateway(self, extra: list[str] | None = None, env: dict[str, str] | None = None,
+                      name: str = "gateway") -> str:
+        """Start parrot-gateway (``name`` in logs and CPU roles; ``env`` adds PARROT_* settings)
+        and return its URL; the first one started is ``self.gateway``."""
         if self.redis is None:
             self.redis = RedisServer().start()
         port = free_port()
@@ -118,9 +123,12 @@ class Services:
                "--redis", self.redis.url, "--backend-kind", "sglang", "--log-level", "warning"]
         for u in self.engines:
             cmd += ["--backend", u]
-        proc = self._spawn("gateway", cmd + list(extra or []))
-        self.gateway = f"http://127.0.0.1:{port}"
-        _wait_http(self.gateway + "/ready", proc, 60, "parrot-gateway")
+        proc = self._spawn(name, cmd + list(extra or []), env)
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(url + "/ready", proc, 60, name)
+        if name == "gateway":
+            self.gateway = url
+        return url
 
     def start_router(self) -> bool:
         """SGLang Model Gateway in front of the same engines; False (with a note) if absent."""

@@ -152,6 +152,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.notifier.start()
+        gw.programs.store.start()
         await gw.pool.start()
         if not gw.pool.healthy():
             log.warning("no engine answered its first health check; will keep trying")
@@ -160,7 +161,7 @@ def create_app(
         finally:
             gw.draining = True
             await gw.sessions.drain(gw.settings.drain_timeout_s)
-            await gw.programs.store.flush()
+            await gw.programs.store.stop()
             await gw.pool.stop()
             await gw.notifier.stop()
             await gw.redis.aclose()

@@ -64,6 +64,10 @@ class Metrics:
             "Plain requests placed in a program, by reason (new, hint, chain, tool, content, user)",
             ["reason"], registry=r,
         )
+        self.program_store_errors = Counter(
+            "parrot_program_store_errors_total",
+            "Program state reads (link) or writes (done) that Redis failed", ["op"], registry=r,
+        )
 
     def observe_usage(self, prompt: int, cached: int, completion: int) -> None:
         self.tokens.labels("prompt").inc(prompt)

@@ -1,17 +1,25 @@
 """Programs inferred from plain traffic, kept in Redis so every replica sees them.
 
-``Programs.place`` runs when a plain request arrives: the pure inference
-(``analysis.programs``) says which keys to probe, one Lua script (``LINK``)
-finds the program (or starts one) and counts the step, and the request's
-context gets the program as its application (``ctx.session``), its start
-(``app_started``: application age) and the service it received so far
-(``attained``: least attained service first, inside the tenant). When the
-answer is known, ``Programs.finish`` queues the keys it makes linkable and the
-step's usage; queued writes leave as one pipeline per event-loop turn
-(``DONE`` per step), off the request's path. A request probing a key this
-replica has not written yet waits for that write first (read your writes), so
-the client's next step always finds its predecessor here; another replica sees
-it once the pipeline landed (well under a client round trip).
+``Programs.place`` runs when a plain request arrives. The pure inference
+(``analysis.programs``) says which keys to probe; then, in this order:
+
+* this replica's ``ReplicaCache`` decides when the request's strongest probe is
+  a key its own answers wrote (the previous step of the loop or chat was
+  answered here): no round trip;
+* a request nothing could link (no probe) starts a program here: no round trip;
+* otherwise one Lua script (``LINK``) finds the program or starts one.
+
+The request's context then carries the program as its application
+(``ctx.session``), its start (application age) and the service it received so
+far (``attained``: least attained service first, inside the tenant). When the
+answer is known, ``Programs.finish`` updates the cache and queues the keys the
+answer makes linkable with the step's usage; queued writes leave as one
+pipeline per event-loop turn (``DONE`` per step), off the request's path, and a
+``LINK`` probing a key still queued here waits for it. Keys that turn ambiguous
+(two programs answered an identical transcript) are PUBLISHed by ``DONE``;
+every replica listens and drops them from its cache (after a lost connection it
+drops every cached key), so a replica's cache never links what the store would
+call ambiguous for longer than that message takes.
 
 Key layout, one hash tag per tenant (Redis Cluster keeps a tenant's programs in
 one slot, so each script touches one slot; the record keys a script reads
@@ -22,18 +30,20 @@ after a lookup are built from the tenant's prefix and share its tag)::
     <prefix>:prog:{<tenant>}:s:<program>      list    the latest steps (JSON), capped
 
 Every key expires ``program_ttl_s`` after its last write. A Redis failure never
-fails a request: it is scheduled as it would be without inference.
+fails a request: what the cache can place is placed, the rest is scheduled as it
+would be without inference.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -41,7 +51,7 @@ from urllib.parse import quote
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
 
-from analysis.programs import Link, ProgramRecord, Query, answer_keys, identify
+from analysis.programs import Link, ProgramRecord, Query, ReplicaCache, answer_keys, identify
 from backends.base import Usage
 
 from .metrics import Metrics
@@ -74,19 +84,34 @@ return {pid, reason, redis.call('HGETALL', rk)}
 """
 
 # KEYS: record, steps list, answer keys...
-# ARGV: program, now, ttl, prompt, cached, completion, engine, step JSON, max steps kept.
+# ARGV: program, now, ttl, prompt, cached, completion, engine, step JSON, max steps kept,
+# link reason ('' when LINK counted the step already), user key ('' = none), channel, tenant,
+# the answer keys' prefix. Keys that turned ambiguous are PUBLISHed on the channel (every
+# replica drops them from its cache) and answered: their positions among the answer keys.
 DONE = """
 local pid, ttl = ARGV[1], tonumber(ARGV[3])
+local ambiguous = {}
 for i = 3, #KEYS do
   local v = redis.call('GET', KEYS[i])
   if not v or v == pid then
     redis.call('SET', KEYS[i], pid, 'EX', ttl)
   else
     redis.call('SET', KEYS[i], '*', 'EX', ttl)
+    ambiguous[#ambiguous + 1] = i - 2
   end
 end
 local rk = KEYS[1]
 if redis.call('HSETNX', rk, 'started', ARGV[2]) == 1 then redis.call('HSET', rk, 'steps', 0) end
+if ARGV[10] ~= '' then
+  redis.call('HINCRBY', rk, 'steps', 1)
+  redis.call('HINCRBY', rk, 'link:' .. ARGV[10], 1)
+end
+if ARGV[11] ~= '' then redis.call('SET', ARGV[11], pid, 'EX', ttl) end
+if #ambiguous > 0 then
+  local short, cut = {}, #ARGV[14] + 1
+  for j, i in ipairs(ambiguous) do short[j] = string.sub(KEYS[i + 2], cut) end
+  redis.call('PUBLISH', ARGV[12], cjson.encode({t = ARGV[13], k = short}))
+end
 redis.call('HINCRBY', rk, 'prompt_tokens', ARGV[4])
 redis.call('HINCRBY', rk, 'cached_tokens', ARGV[5])
 redis.call('HINCRBY', rk, 'completion_tokens', ARGV[6])
@@ -96,7 +121,7 @@ redis.call('EXPIRE', rk, ttl)
 redis.call('RPUSH', KEYS[2], ARGV[8])
 redis.call('LTRIM', KEYS[2], -tonumber(ARGV[9]), -1)
 redis.call('EXPIRE', KEYS[2], ttl)
-return 1
+return ambiguous
 """
 
 
@@ -124,9 +149,11 @@ def _text(v: Any) -> str:
 
 @dataclass
 class _Write:
+    tenant: str
     ns: str
     program: str
-    keys: tuple[str, ...]
+    keys: tuple[str, ...]  # full Redis keys
+    short: tuple[str, ...]  # the same, as analysis.programs names them
     args: list[Any]
 
 
@@ -134,8 +161,13 @@ class ProgramStore:
     """The Redis side: ``link`` (one script call) and ``done`` (queued, pipelined)."""
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str = "parrot", ttl_s: int = 900,
-                 max_steps: int = 256) -> None:
+                 max_steps: int = 256, cache: ReplicaCache | None = None,
+                 flush_delay_s: float = 0.0) -> None:
         self.redis = redis
+        self.flush_delay_s = flush_delay_s  # writes wait this long to share a pipeline
+        self.channel = f"{prefix}:prog:ambiguous"  # keys that turned ambiguous, for every replica
+        self._listener: asyncio.Task[None] | None = None
+        self.cache = cache
         self.prefix = prefix
         self.ttl_s = ttl_s
         self.max_steps = max_steps
@@ -145,6 +177,7 @@ class ProgramStore:
         self._flushing: asyncio.Task[None] | None = None
         self._kick_scheduled = False
         self.write_errors = 0
+        self.on_error: Callable[[], None] | None = None  # a failed write (metrics)
 
     def ns(self, tenant: str) -> str:
         return f"{self.prefix}:prog:{{{quote(tenant, safe='')}}}:"
@@ -174,20 +207,29 @@ class ProgramStore:
         it = iter(_text(x) for x in flat)
         return Link(pid, _text(reason), record_of(pid, dict(zip(it, it))))
 
-    def done(self, tenant: str, program: str, keys: Iterable[str], usage: Usage | None,
-             engine: str | None, step: Mapping[str, Any], now: float) -> None:
-        """Queue the step's result; it is written with the next pipeline."""
+    def done(self, tenant: str, program: str, keys: Sequence[str], usage: Usage | None,
+             engine: str | None, step: Mapping[str, Any], now: float,
+             count: tuple[str, str | None] | None = None) -> None:
+        """Queue the step's result; it is written with the next pipeline. ``count`` =
+        (reason, user key) counts the step too (it was placed from the replica's cache)."""
         ns = self.ns(tenant)
-        full = tuple(ns + "k:" + k for k in keys)
+        short = tuple(keys)
+        full = tuple(ns + "k:" + k for k in short)
         u = usage or Usage(0, 0, 0)
+        reason, user_key = count or ("", None)
         args = [program, repr(now), self.ttl_s, u.prompt_tokens, u.cached_tokens or 0,
                 u.completion_tokens, engine or "", json.dumps(step, separators=(",", ":")),
-                self.max_steps]
-        self._queue.append(_Write(ns, program, full, args))
+                self.max_steps, reason, ns + "k:" + user_key if user_key else "", self.channel,
+                tenant, ns + "k:"]
+        self._queue.append(_Write(tenant, ns, program, full, short, args))
         self._pending.update(full)
         if not self._kick_scheduled:
             self._kick_scheduled = True
-            asyncio.get_running_loop().call_soon(self._kick)
+            loop = asyncio.get_running_loop()
+            if self.flush_delay_s > 0:
+                loop.call_later(self.flush_delay_s, self._kick)
+            else:
+                loop.call_soon(self._kick)
 
     def _kick(self) -> None:
         self._kick_scheduled = False
@@ -202,6 +244,8 @@ class ProgramStore:
                     await self._write(batch)
                 except (RedisError, OSError) as exc:
                     self.write_errors += 1
+                    if self.on_error is not None:
+                        self.on_error()
                     log.warning("program state not saved (%s: %s)", type(exc).__name__, exc)
                 finally:
                     for w in batch:
@@ -219,12 +263,18 @@ class ProgramStore:
                 keys = [w.ns + "p:" + w.program, w.ns + "s:" + w.program, *w.keys]
                 pipe.evalsha(self._sha["done"], len(keys), *keys, *w.args)
             try:
-                await pipe.execute()
-                return
+                answers = await pipe.execute()
             except NoScriptError:
                 if attempt:
                     raise
                 self._sha["done"] = await self.redis.script_load(DONE)
+                continue
+            if self.cache is not None:
+                now = time.time()
+                for w, positions in zip(batch, answers):
+                    if positions:
+                        self.cache.ambiguous(w.tenant, [w.short[int(i) - 1] for i in positions], now)
+            return
 
     async def flush(self) -> None:
         """Wait until every queued write has landed (or failed)."""
@@ -234,6 +284,51 @@ class ProgramStore:
             task = self._flushing
             if task is not None:
                 await asyncio.shield(task)
+
+    # -- every replica hears which keys turned ambiguous ----------------------------------
+    def start(self) -> None:
+        if self._listener is None and self.cache is not None:
+            self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def stop(self) -> None:
+        await self.flush()
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
+    async def _listen(self) -> None:
+        """Subscribe to the ambiguity channel; after a lost connection (messages may have
+        been missed) the cache forgets every key before listening again."""
+        backoff = 0.1
+        while True:
+            pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.channel)
+                backoff = 0.1
+                while True:
+                    msg = await pubsub.get_message(timeout=5.0)
+                    if msg is not None and self.cache is not None:
+                        self._heard(msg.get("data"))
+            except (RedisError, OSError) as exc:
+                log.warning("program ambiguity channel lost (%s); cache keys dropped", type(exc).__name__)
+                if self.cache is not None:
+                    self.cache.forget_keys()
+                await asyncio.sleep(backoff)
+                backoff = min(5.0, backoff * 2)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _heard(self, data: Any) -> None:
+        try:
+            msg = json.loads(data)
+            tenant, keys = str(msg["t"]), [str(k) for k in msg["k"]]
+        except (ValueError, KeyError, TypeError):
+            return
+        assert self.cache is not None
+        self.cache.ambiguous(tenant, keys, time.time())
 
     async def get(self, tenant: str, program: str) -> tuple[ProgramRecord, list[Any]] | None:
         ns = self.ns(tenant)
@@ -258,6 +353,7 @@ class Placement:
     query: Query
     request_id: str
     arrived: float = field(default_factory=time.time)
+    local: bool = False  # placed from this replica's cache: the step is counted with its answer
 
 
 class Programs:
@@ -266,13 +362,21 @@ class Programs:
     def __init__(self, store: ProgramStore, metrics: Metrics, *, enabled: bool = True,
                  link_user: bool = True) -> None:
         self.store = store
+        if store.cache is None:
+            store.cache = ReplicaCache(ttl_s=store.ttl_s)
+        self.cache: ReplicaCache = store.cache
+        store.on_error = metrics.program_store_errors.labels("done").inc
         self.metrics = metrics
         self.enabled = enabled
         self.link_user = link_user
 
     async def place(self, tenant: str, messages: Sequence[Any] | None, *, request_id: str,
                     user: str | None = None, hint: str | None = None) -> Placement | None:
-        """Find or start the request's program; None when inference is off or cannot place it."""
+        """Find or start the request's program; None when inference is off or cannot place it.
+
+        No round trip when this replica's cache decides (the previous step was answered
+        here) or when nothing could link the request (no probe: a new program); else one
+        ``LINK`` script call."""
         if not self.enabled:
             return None
         q = identify(messages, user=user if self.link_user else None, hint=hint)
@@ -280,29 +384,43 @@ class Programs:
             self.metrics.program_requests.labels("unplaced").inc()
             return None
         now = time.time()
-        try:
-            link = await self.store.link(tenant, q, "prog_" + secrets.token_hex(8), now)
-        except (RedisError, OSError) as exc:
-            log.warning("program inference skipped (%s: %s)", type(exc).__name__, exc)
-            self.metrics.program_requests.labels("unplaced").inc()
-            return None
+        link = self.cache.decide(tenant, q, now)
+        local = link is not None
+        if link is None and not q.probes and q.hint is None:
+            pid = "prog_" + secrets.token_hex(8)
+            link = Link(pid, "new", ProgramRecord(pid, now, now, steps=1, links={"new": 1}))
+            self.cache.remember(tenant, link.record, now)
+            local = True
+        if link is None:
+            try:
+                link = await self.store.link(tenant, q, "prog_" + secrets.token_hex(8), now)
+            except (RedisError, OSError) as exc:
+                log.warning("program inference skipped (%s: %s)", type(exc).__name__, exc)
+                self.metrics.program_store_errors.labels("link").inc()
+                self.metrics.program_requests.labels("unplaced").inc()
+                return None
+            self.cache.remember(tenant, link.record, now)
         self.metrics.program_requests.labels("new" if link.reason == "new" else "linked").inc()
         self.metrics.program_links.labels(link.reason).inc()
-        return Placement(tenant, link.program, link.reason, link.record, q, request_id, now)
+        return Placement(tenant, link.program, link.reason, link.record, q, request_id, now, local)
 
     def finish(self, placement: Placement | None, answers: Iterable[Mapping[str, Any]],
                usage: Usage | None, engine: str | None) -> None:
-        """Record the answered step (queued write); no-op without a placement."""
+        """Record the answered step (in the cache now, in Redis with the next pipeline)."""
         if placement is None:
             return
         keys = answer_keys(placement.query, answers)
         now = time.time()
+        u = usage or Usage(0, 0, 0)
+        self.cache.answered(placement.tenant, placement.program, keys, u.prompt_tokens,
+                            u.cached_tokens, u.completion_tokens, engine, now)
         step = {"request_id": placement.request_id, "link": placement.reason, "engine": engine,
                 "arrived": round(placement.arrived, 6), "finished": round(now, 6),
                 "prompt_tokens": usage.prompt_tokens if usage else None,
                 "cached_tokens": usage.cached_tokens if usage else None,
                 "completion_tokens": usage.completion_tokens if usage else None}
-        self.store.done(placement.tenant, placement.program, keys, usage, engine, step, now)
+        count = (placement.reason, placement.query.user_key) if placement.local else None
+        self.store.done(placement.tenant, placement.program, keys, usage, engine, step, now, count)
 
 
 def scheduling_key(tenant: str, program: str) -> str:

@@ -3,6 +3,7 @@ record in Redis, tenant scoping, replicas, engine affinity, faults, the switch."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,23 @@ def test_replicas_share_programs(redis_url: str) -> None:
         assert len(set(seen)) == 1
         body = program(urls[1], seen[0]).json()
         assert body["steps"] == 4 and body["links"]["chain"] == 3
+        # two identical conversations answered on different replicas: the second one's next
+        # step, sent where the first was answered, must not join the first (every replica
+        # hears that their shared key is ambiguous)
+        opener: list[Any] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": "same"}]
+        first = []
+        for url in urls:
+            client = sdk(url)
+            raw = client.chat.completions.with_raw_response.create(
+                model=model_of(client), messages=opener, max_tokens=6)
+            first.append((raw.headers["x-parrot-program"], raw.parse().choices[0].message.content))
+        assert first[0][1] == first[1][1] and first[0][0] != first[1][0]
+        time.sleep(0.3)
+        client = sdk(urls[0])
+        nxt = client.chat.completions.with_raw_response.create(
+            model=model_of(client), max_tokens=6, messages=[
+                *opener, {"role": "assistant", "content": first[1][1]}, {"role": "user", "content": "go"}])
+        assert nxt.headers["x-parrot-program"] not in (first[0][0], first[1][0])
 
 
 def test_switched_off_and_redis_down_schedule_as_before(redis_url: str) -> None:
@@ -140,5 +158,14 @@ def test_switched_off_and_redis_down_schedule_as_before(redis_url: str) -> None:
         assert chat(sdk(s.url), ["hi", "again"]) == [None, None]
     dead = f"redis://127.0.0.1:{free_port()}"
     with start_stack(dead, engines=1) as s:
-        assert chat(sdk(s.url), ["still answered", "twice"]) == [None, None]
-        assert 'parrot_program_requests_total{result="unplaced"} 2.0' in httpx.get(s.url + "/metrics").text
+        # Redis down: a chat this replica answered still continues from its own cache ...
+        ids = chat(sdk(s.url), ["still answered", "twice"])
+        assert ids[0] and ids[0] == ids[1]
+        # ... and a request only Redis could place is scheduled as before, and answered
+        history = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "from elsewhere"},
+                   {"role": "user", "content": "go on"}]
+        r = httpx.post(s.url + "/v1/chat/completions", json={"messages": history, "max_tokens": 2})
+        assert r.status_code == 200 and "x-parrot-program" not in r.headers
+        text = httpx.get(s.url + "/metrics").text
+        assert 'parrot_program_requests_total{result="unplaced"} 1.0' in text
+        assert 'parrot_program_store_errors_total{op="link"} 1.0' in text
