@@ -10,12 +10,12 @@ request and its HTTP parser is in C. Clients elsewhere still use httpx.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
+import orjson
 
 from common.types import JSON
 
@@ -32,11 +32,12 @@ from .base import (
 )
 
 ROUTES = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+JSON_HEADERS = {"Content-Type": "application/json"}
 
 
 def _parse_body(raw: bytes) -> Any:
     try:
-        return json.loads(raw)
+        return orjson.loads(raw)
     except ValueError:
         return {"error": {"message": raw[:500].decode("utf-8", "replace")}}
 
@@ -101,7 +102,7 @@ class OpenAIEngine(Engine):
                 headers=self._headers,
                 timeout=self._timeout,
                 connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
-                json_serialize=lambda o: json.dumps(o, separators=(",", ":")),
+                cookie_jar=aiohttp.DummyCookieJar(),  # engines set no cookies; skip the jar per request
             )
         return self._session
 
@@ -112,7 +113,8 @@ class OpenAIEngine(Engine):
     async def complete(self, call: EngineCall) -> JSON:
         async with _mapped_errors():
             async with self.session.post(
-                ROUTES[call.route].lstrip("/"), json=self.request_body(call)
+                ROUTES[call.route].lstrip("/"), data=orjson.dumps(self.request_body(call)),
+                headers=JSON_HEADERS,
             ) as response:
                 body = _parse_body(await response.read())
                 _raise_for_status(response.status, body)
@@ -123,7 +125,8 @@ class OpenAIEngine(Engine):
     async def stream(self, call: EngineCall) -> AsyncIterator[JSON]:
         async with _mapped_errors():
             async with self.session.post(
-                ROUTES[call.route].lstrip("/"), json=self.request_body(call)
+                ROUTES[call.route].lstrip("/"), data=orjson.dumps(self.request_body(call)),
+                headers=JSON_HEADERS,
             ) as response:
                 if response.status >= 400:
                     _raise_for_status(response.status, _parse_body(await response.read()))
@@ -134,7 +137,7 @@ class OpenAIEngine(Engine):
                     if data == b"[DONE]":
                         return
                     try:
-                        chunk = json.loads(data)
+                        chunk = orjson.loads(data)
                     except ValueError as exc:
                         raise EngineServerError(f"bad SSE chunk from engine: {data[:100]!r}") from exc
                     if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:

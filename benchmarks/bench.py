@@ -21,7 +21,15 @@ from .affinity import Affinity
 from .bound import control_client, measure_bound
 from .harness import ClosedLoop, CpuMeter, LoopLag, run_open
 from .httpclient import make_client
-from .metrics import Reason, Thresholds, comparability, lag_metrics, summarize_reasons, system_metrics
+from .metrics import (
+    PROXY_ROLES,
+    Reason,
+    Thresholds,
+    comparability,
+    lag_metrics,
+    summarize_reasons,
+    system_metrics,
+)
 from .services import Services
 from .systems import AppResult, System, make_system
 from .workloads import App, Step, Workload
@@ -82,7 +90,8 @@ class Bench:
         self.cfg = cfg
         self.svc = svc
         self.log = log
-        self.systems = [s for s in cfg.systems if s != "sglang-router" or svc.router]
+        self.systems = [s for s in cfg.systems if (s != "sglang-router" or svc.router)
+                        and (not s.endswith("-2r") or svc.replicas)]
         self.rtt_s = cfg.client_rtt_ms / 1000.0 * cfg.time_scale  # engine ms, scaled like the engines
         self.bound_cache: dict[str, Any] = {}
         self.verdicts: dict[str, dict[str, list[tuple[Reason, str]]]] = {}
@@ -116,7 +125,8 @@ class Bench:
         harness's lag and every process's CPU; service-side timings are read after."""
         async with control_client() as ctl, make_client(self.cfg.http_client) as http:
             system = make_system(sname, http, engines=self.svc.engines, gateway=self.svc.gateway,
-                                 router=self.svc.router, model=self.svc.model, rtt_s=self.rtt_s)
+                                 router=self.svc.router, model=self.svc.model, rtt_s=self.rtt_s,
+                                 replicas=self.svc.replicas)
             await system.run_app(App("warmup", f"warmup-{sname}", (Step("w", "Say hello.", 2),), ("w",)))
             await system.finish()
             await self.svc.flush(ctl)
@@ -191,10 +201,9 @@ def open_loop(wl: Workload, time_scale: float) -> Callable[[System, Callable[[],
 def run_line(key: str, sname: str, m: dict[str, Any]) -> str:
     h, cpu = m["harness"], m["cpu"]
     flag = "" if m.get("comparable", True) else "  NOT COMPARABLE: " + "; ".join(m["not_comparable"])
-    proxy = {"gateway": "gateway", "gateway-plain": "gateway", "sglang-router": "smg"}.get(sname)
+    proxies = "".join(f", {r} {cpu.get(r, 0):.0%}" for r in PROXY_ROLES.get(sname, ()))
     return (f"[{key}] {sname}: e2e mean {m['e2e_mean_s']} s, p90 {m['e2e_p90_s']} s, p99 {m['e2e_p99_s']} s, "
             f"failed {m['failed']}; lag p99 start {h['start_lag_p99_ms']} / send {h['send_lag_p99_ms']} ms; "
-            f"cpu harness {cpu.get('harness', 0):.0%}"
-            + (f", {proxy} {cpu.get(proxy, 0):.0%}" if proxy else "") + flag)
+            f"cpu harness {cpu.get('harness', 0):.0%}" + proxies + flag)
 
 

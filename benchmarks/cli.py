@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 DEFAULT_LOADS = "0.5,0.7,0.85,0.95,1.05"
 
 ALL = list(WORKLOADS)
+# Benchmarks of their own shape: proxy overhead, and plain chat traffic in a closed loop.
+SPECIAL = ("overhead", "plain")
 DEFAULT_SYSTEMS = "baseline,gateway-plain,gateway,sglang-router"
 
 
@@ -41,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="parrot-gateway bench", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workloads", nargs="+", metavar="WORKLOAD",
-                   help=f"{', '.join(ALL)}, overhead, or all")
+                   help=f"{', '.join(ALL)}, {', '.join(SPECIAL)}, or all")
     p.add_argument("--systems", default=DEFAULT_SYSTEMS,
                    help=f"comma-separated (default {DEFAULT_SYSTEMS}; "
                         "sglang-router skipped if smg is missing)")
@@ -96,7 +98,12 @@ def parser() -> argparse.ArgumentParser:
     hn.add_argument("--max-cpu", type=float, default=0.7,
                     help="share of a core the load generator or a system's proxy may use (default 0.7)")
     p.add_argument("--concurrency", type=int, default=16, help="overhead benchmark: concurrent clients")
-    p.add_argument("--requests", type=int, default=400, help="overhead benchmark: requests per system")
+    p.add_argument("--requests", type=int, default=400,
+                   help="overhead and plain benchmarks: requests per system (and concurrency)")
+    p.add_argument("--plain-concurrency", default="8,16,32,64",
+                   help="plain benchmark: closed-loop stream counts, comma-separated")
+    p.add_argument("--gateway-workers", type=int, default=2,
+                   help="overhead benchmark: also measure `serve --workers N` (1 = skip)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -105,11 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(sys.argv[1:] if argv is None else argv)
     names = []
     for w in args.workloads:
-        names += ALL + ["overhead"] if w == "all" else [w]
-    unknown = [w for w in names if w not in ALL and w != "overhead"]
+        names += ALL + list(SPECIAL) if w == "all" else [w]
+    unknown = [w for w in names if w not in ALL and w not in SPECIAL]
     if unknown:
-        print(f"unknown workload(s): {', '.join(unknown)}; known: {', '.join(ALL)}, overhead, all",
-              file=sys.stderr)
+        print(f"unknown workload(s): {', '.join(unknown)}; known: {', '.join(ALL)}, "
+              f"{', '.join(SPECIAL)}, all", file=sys.stderr)
         return 2
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     from .systems import SYSTEMS
@@ -120,9 +127,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    workloads = [w for w in dict.fromkeys(names) if w != "overhead"]
+    workloads = [w for w in dict.fromkeys(names) if w not in SPECIAL]
     if workloads:
         rc = _run_workloads(args, workloads, systems, out)
+        if rc:
+            return rc
+    if "plain" in names:
+        from .plain_load import run_plain_cli
+
+        rc = run_plain_cli(args, out)
         if rc:
             return rc
     if "overhead" in names:
@@ -198,6 +211,8 @@ def _run_workloads(args: argparse.Namespace, workloads: list[str], systems: list
             svc.start_gateway()
         if "sglang-router" in systems and not svc.start_router():
             console.print(f"[yellow]{svc.router_note}[/yellow]")
+        if any(s.endswith("-2r") for s in systems) and not svc.start_replicas(2):
+            console.print(f"[yellow]{svc.replicas_note}[/yellow]")
         svc.pin()
         time.sleep(1.0)  # let freshly started processes settle (imports, first health checks)
         with PinnedHarness(cfg.affinity):

@@ -117,8 +117,12 @@ class Thresholds:
     max_cpu: float = 0.7
 
 
-# The process whose CPU limits each system (its proxy); the baseline has none.
-PROXY_ROLE = {"gateway": "gateway", "gateway-plain": "gateway", "sglang-router": "smg"}
+# The processes whose CPU limits each system (its proxy); the baseline has none.
+REPLICA_ROLES = ("gateway-r0", "gateway-r1")
+PROXY_ROLES: dict[str, tuple[str, ...]] = {
+    "gateway": ("gateway",), "gateway-plain": ("gateway",), "sglang-router": ("smg",),
+    "gateway-2r": REPLICA_ROLES, "gateway-plain-2r": REPLICA_ROLES,
+}
 
 
 def lag_metrics(results: Sequence[AppResult], loop_lag_ms: Sequence[float],
@@ -166,9 +170,9 @@ def comparability(lag: dict[str, Any], cpu: dict[str, float], system: str,
             why.append(Reason(f"harness lag: {what} p99", v, th.max_lag_ms, "ms"))
     if cpu.get("harness", 0.0) > th.max_cpu:
         why.append(Reason("CPU-bound: load generator", cpu["harness"], th.max_cpu, "core"))
-    role = PROXY_ROLE.get(system)
-    if role and cpu.get(role, 0.0) > th.max_cpu:
-        why.append(Reason(f"CPU-bound: {role}", cpu[role], th.max_cpu, "core"))
+    for role in PROXY_ROLES.get(system, ()):
+        if cpu.get(role, 0.0) > th.max_cpu:
+            why.append(Reason(f"CPU-bound: {role}", cpu[role], th.max_cpu, "core"))
     return why
 
 

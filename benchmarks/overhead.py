@@ -23,23 +23,28 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 
 from common.serving import free_port
 
 from .metrics import percentile
 from .services import Services, _wait_http
 
+WARMUP = 20  # requests each system gets before it is measured
+
 PROCESSES = {
     "direct": "client (1 process, asyncio) -> engine (1 process)",
     "direct-repeat": "as direct, measured last (order effects); added_* use the faster direct run",
     "parrot-gateway": "client -> parrot-gateway (1 uvicorn worker process, asyncio) + redis-server "
                       "(1 process) -> engine",
+    "parrot-gateway-2w": "client -> parrot-gateway --workers 2 (supervisor + 2 worker processes, one "
+                         "port, each a replica) + the same redis-server -> engine",
     "sglang-router": "client -> smg (1 process, Rust/tokio, worker threads = cores) -> engine",
     "litellm": "client -> litellm proxy (1 uvicorn worker process) -> engine",
 }
 
 
-async def load(url: str, model: str, concurrency: int, requests: int, warmup: int = 20,
+async def load(url: str, model: str, concurrency: int, requests: int, warmup: int = WARMUP,
                headers: dict[str, str] | None = None) -> dict[str, Any]:
     """Closed loop: ``concurrency`` workers share ``requests`` calls; latencies in ms."""
     body = {"model": model, "messages": [{"role": "user", "content": "Say something short. " * 8}],
@@ -110,8 +115,27 @@ def _start_litellm(svc: Services, engine: str, model: str) -> tuple[str | None, 
     return url, "litellm proxy, 1 worker"
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU of a process and all its live descendants (workers)."""
+    if pid is None:
+        return 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0.0
+    total = 0.0
+    for p in procs:
+        try:
+            t = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def run_overhead(out: Path, concurrency: int = 16, requests: int = 400, profile: str = "instant",
-                 log: Any = print) -> dict[str, Any]:
+                 log: Any = print, workers: int = 2) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"engine": f"simulated:{profile}, time-scale 1 (near-zero engine time)",
                               "concurrency": concurrency, "requests": requests, "systems": {},
@@ -121,6 +145,9 @@ def run_overhead(out: Path, concurrency: int = 16, requests: int = 400, profile:
         engine = svc.engines[0]
         svc.start_gateway()
         targets: dict[str, str] = {"direct": engine, "parrot-gateway": svc.gateway or ""}
+        if workers > 1:
+            targets[f"parrot-gateway-{workers}w"] = svc.start_gateway(
+                ["--workers", str(workers)], name=f"gateway{workers}w")
         if svc.start_router():
             targets["sglang-router"] = svc.router or ""
         else:
@@ -131,11 +158,24 @@ def run_overhead(out: Path, concurrency: int = 16, requests: int = 400, profile:
         else:
             result["notes"].append(note)
         targets["direct-repeat"] = engine  # order effects: the engine warms up over the run
+        roles = {"parrot-gateway": "gateway", f"parrot-gateway-{workers}w": f"gateway{workers}w",
+                 "sglang-router": "smg", "litellm": "litellm"}
+        pids = svc.pids()
         for name, target in targets.items():
             log(f"[overhead] {name}: {requests} requests at concurrency {concurrency} ...")
             headers = {"Authorization": f"Bearer {LITELLM_KEY}"} if name == "litellm" else None
-            result["systems"][name] = asyncio.run(load(target, svc.model, concurrency, requests,
-                                                       headers=headers))
+            proxy = pids.get(roles.get(name, ""))
+            redis = pids.get("redis") if name.startswith("parrot") else None
+            before = (cpu_seconds(proxy), cpu_seconds(redis))
+            m = asyncio.run(load(target, svc.model, concurrency, requests, headers=headers))
+            after = (cpu_seconds(proxy), cpu_seconds(redis))
+            if proxy is not None and m["ok"]:
+                # includes the warm-up requests, which are few; per request of the whole run
+                calls = m["ok"] + WARMUP
+                m["cpu_ms_per_request"] = round((after[0] - before[0]) * 1000 / calls, 3)
+                if redis is not None:
+                    m["redis_cpu_ms_per_request"] = round((after[1] - before[1]) * 1000 / calls, 3)
+            result["systems"][name] = m
     direct = min((result["systems"]["direct"], result["systems"]["direct-repeat"]),
                  key=lambda m: m["p50_ms"])
     for m in result["systems"].values():
@@ -175,18 +215,21 @@ def run_overhead_cli(args: argparse.Namespace, out: Path) -> int:
 
     console = Console(stderr=True)
     res = run_overhead(out, args.concurrency, args.requests,
-                       log=lambda m: console.print(m, markup=False, highlight=False))
+                       log=lambda m: console.print(m, markup=False, highlight=False),
+                       workers=getattr(args, "gateway_workers", 2))
     summary_path = out / "summary.json"
     if summary_path.exists():
         summary = json.loads(summary_path.read_text())
         summary["overhead"] = res
         summary_path.write_text(json.dumps(summary, indent=2))
     t = Table(title=f"Overhead - {res['engine']} - concurrency {res['concurrency']}")
-    for col in ("system", "p50 ms", "p99 ms", "req/s", "+p50 ms", "+p99 ms", "errors"):
+    for col in ("system", "p50 ms", "p99 ms", "req/s", "+p50 ms", "+p99 ms", "CPU ms/req",
+                "redis ms/req", "errors"):
         t.add_column(col)
     for name, m in res["systems"].items():
         t.add_row(name, str(m["p50_ms"]), str(m["p99_ms"]), str(m["rps"]), str(m["added_p50_ms"]),
-                  str(m["added_p99_ms"]), str(m["errors"]))
+                  str(m["added_p99_ms"]), str(m.get("cpu_ms_per_request", "-")),
+                  str(m.get("redis_cpu_ms_per_request", "-")), str(m["errors"]))
     Console(width=120).print(t)
     for n in res["notes"]:
         console.print(f"note: {n}", markup=False)
@@ -194,4 +237,5 @@ def run_overhead_cli(args: argparse.Namespace, out: Path) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(run_overhead_cli(argparse.Namespace(concurrency=16, requests=400), Path("bench-out")))
+    sys.exit(run_overhead_cli(argparse.Namespace(concurrency=16, requests=400, gateway_workers=2),
+                              Path("bench-out")))

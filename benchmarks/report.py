@@ -11,12 +11,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from .metrics import PROXY_ROLES
+
 
 def _f(x: Any, nd: int = 3) -> str:
     return "-" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
-PROXY = {"gateway": "gateway", "gateway-plain": "gateway", "sglang-router": "smg"}
 
 
 def _lag(m: dict[str, Any]) -> str:
@@ -29,8 +30,9 @@ def _cpu(m: dict[str, Any], system: str) -> str:
     cpu = m.get("cpu") or {}
     if not cpu:
         return "-"
-    proxy = PROXY.get(system)
-    return f"{cpu.get('harness', 0):.0%}" + (f" / {cpu.get(proxy, 0):.0%}" if proxy else " / -")
+    roles = PROXY_ROLES.get(system, ())
+    proxy = " + ".join(f"{cpu.get(r, 0):.0%}" for r in roles) if roles else "-"
+    return f"{cpu.get('harness', 0):.0%} / {proxy}"
 
 
 def print_table(summary: dict[str, Any], console: Console | None = None) -> None:

@@ -96,7 +96,7 @@ async def run_benchmark(cfg: BenchConfig, svc: Services, log: Any = print) -> di
         "size": cfg.size,
         "seed": cfg.seed,
         "systems_run": b.systems,
-        "notes": [n for n in [svc.router_note] if n],
+        "notes": [n for n in [svc.router_note, svc.replicas_note] if n],
         "bound_method": BOUND_METHOD,
         "harness": harness_note(cfg),
         "workloads": {},

@@ -57,6 +57,8 @@ class Services:
     gateway: str | None = None
     router: str | None = None
     router_note: str | None = None
+    replicas: str | None = None  # HAProxy in front of gateway replicas (start_replicas)
+    replicas_note: str | None = None
     model: str = "default"
     model_path: str | None = None
     redis: RedisServer | None = None
@@ -112,10 +114,11 @@ class Services:
             except (httpx.HTTPError, ValueError):
                 continue
 
-    def start_gateway(self, extra: list[str] | None = None, env: dict[str, str] | None = None,
-                      name: str = "gateway") -> str:
-        """Start parrot-gateway (``name`` in logs and CPU roles; ``env`` adds PARROT_* settings)
-        and return its URL; the first one started is ``self.gateway``."""
+    def start_gateway(self, extra: list[str] | None = None, name: str = "gateway",
+                      env: dict[str, str] | None = None) -> str:
+        """A parrot-gateway process over the engines and the shared Redis; its URL (``name``
+        in logs and CPU roles; ``env`` adds PARROT_* settings). The first one started is
+        ``self.gateway``."""
         if self.redis is None:
             self.redis = RedisServer().start()
         port = free_port()
@@ -125,10 +128,35 @@ class Services:
             cmd += ["--backend", u]
         proc = self._spawn(name, cmd + list(extra or []), env)
         url = f"http://127.0.0.1:{port}"
-        _wait_http(url + "/ready", proc, 60, name)
-        if name == "gateway":
+        _wait_http(url + "/ready", proc, 60, f"parrot-gateway ({name})")
+        if self.gateway is None:
             self.gateway = url
         return url
+
+    def start_replicas(self, n: int = 2) -> bool:
+        """``n`` more gateway replicas on the shared Redis, behind HAProxy round robin (the
+        Debian package; a real load balancer, as a deployment would have). False, with a
+        note, when HAProxy is not installed."""
+        binary = shutil.which("haproxy")
+        if binary is None:
+            self.replicas_note = ("haproxy not found (apt-get install -y haproxy); "
+                                  "the 2-replica systems are skipped")
+            return False
+        urls = [self.start_gateway(name=f"gateway-r{i}") for i in range(n)]
+        port = free_port()
+        servers = "\n".join(f"    server r{i} {u.removeprefix('http://')}" for i, u in enumerate(urls))
+        cfg = self.log_dir / "haproxy.cfg"
+        cfg.write_text(
+            "global\n    maxconn 4000\n"
+            "defaults\n    mode http\n    timeout connect 5s\n    timeout client 900s\n"
+            "    timeout server 900s\n    option http-keep-alive\n"
+            f"frontend parrot\n    bind 127.0.0.1:{port}\n    default_backend replicas\n"
+            f"backend replicas\n    balance roundrobin\n{servers}\n"
+        )
+        proc = self._spawn("haproxy", [binary, "-f", str(cfg), "-db"])
+        self.replicas = f"http://127.0.0.1:{port}"
+        _wait_http(self.replicas + "/ready", proc, 30, "haproxy")
+        return True
 
     def start_router(self) -> bool:
         """SGLang Model Gateway in front of the same engines; False (with a note) if absent."""

@@ -45,7 +45,9 @@ from .workloads import App, Step
 
 Http = HttpClient | AiohttpClient
 
-SYSTEMS = ("baseline", "gateway-plain", "gateway", "sglang-router")
+SYSTEMS = ("baseline", "gateway-plain", "gateway", "sglang-router", "gateway-2r", "gateway-plain-2r")
+# gateway-2r / gateway-plain-2r: the same clients through two gateway replicas (one Redis)
+# behind HAProxy round robin: what scale-out costs.
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -408,7 +410,7 @@ class GatewayDag(_Client):
 
 
 def make_system(name: str, http: Http, *, engines: list[str], gateway: str | None,
-                router: str | None, model: str, rtt_s: float) -> System:
+                router: str | None, model: str, rtt_s: float, replicas: str | None = None) -> System:
     if name == "baseline":
         return ClientOrchestrated(name, http, engines, model, rtt_s)
     if name == "gateway-plain":
@@ -420,4 +422,10 @@ def make_system(name: str, http: Http, *, engines: list[str], gateway: str | Non
     if name == "gateway":
         assert gateway
         return GatewayDag(name, http, url=gateway, model=model, rtt_s=rtt_s)
+    if name == "gateway-2r":
+        assert replicas
+        return GatewayDag(name, http, url=replicas, model=model, rtt_s=rtt_s)
+    if name == "gateway-plain-2r":
+        assert replicas
+        return ClientOrchestrated(name, http, [replicas], model, rtt_s, engine_of_url=False)
     raise ValueError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")

@@ -9,6 +9,7 @@ import sys
 from typing import Any
 
 from . import logs
+from .drain import draining_server
 from .settings import Settings
 
 
@@ -25,6 +26,7 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--api-keys", help="API keys file (JSON or YAML)")
     p.add_argument("--config", help="settings file (YAML, TOML or JSON)")
     p.add_argument("--log-level", help="log level (default info)")
+    p.add_argument("--workers", type=int, help="gateway processes on one port (default 1)")
 
 
 def _is_loopback(host: str) -> bool:
@@ -55,6 +57,10 @@ def serve(args: argparse.Namespace) -> int:
                         settings.host)
     settings, embedded = start_embedded(settings)
     try:
+        if settings.workers > 1:
+            from .workers import run_workers
+
+            return run_workers(settings, settings.workers)
         app = create_app(settings)
         config = uvicorn.Config(
             app,
@@ -64,62 +70,10 @@ def serve(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
             access_log=False,
         )
-        _draining_server(config, app.state.gateway).run()
+        draining_server(config, app.state.gateway).run()
     finally:
         embedded.stop()
     return 0
-
-
-def _draining_server(config: Any, gateway: Any = None) -> Any:
-    """uvicorn, with SIGTERM/SIGINT meaning 'drain, then exit 0'.
-
-    First signal: readiness turns false (``/ready`` answers 503, so a load
-    balancer stops sending) while the listener stays open and in-flight HTTP
-    requests and background semantic requests run on; once they are done, or
-    ``drain_timeout_s`` has passed, uvicorn's graceful shutdown closes the
-    listener and the lifespan drains what is left. A second signal skips the
-    wait. uvicorn re-raises a captured signal after its graceful shutdown, which
-    would make the process die of SIGTERM; the SPEC wants a clean exit instead.
-    """
-    import contextlib
-    import time
-
-    import uvicorn
-
-    drain_log = logging.getLogger("parrot.cli")
-
-    class DrainingServer(uvicorn.Server):
-        drain_started: float | None = None
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            if gateway is None or self.drain_started is not None:
-                super().handle_exit(sig, frame)
-                return
-            self.drain_started = time.monotonic()
-            gateway.draining = True
-            drain_log.warning("signal %d: draining (readiness false, up to %.0fs)", sig,
-                              gateway.settings.drain_timeout_s)
-
-        def _busy(self) -> int:
-            return len(self.server_state.tasks) + len(getattr(gateway.sessions, "_tasks", ()))
-
-        async def on_tick(self, counter: int) -> bool:
-            if self.drain_started is not None and not self.should_exit:
-                left = gateway.settings.drain_timeout_s - (time.monotonic() - self.drain_started)
-                if self._busy() == 0 or left <= 0:
-                    self.config.timeout_graceful_shutdown = max(1, int(left + 0.999))
-                    self.should_exit = True
-            return bool(await super().on_tick(counter))
-
-        @contextlib.contextmanager
-        def capture_signals(self):  # type: ignore[no-untyped-def]
-            with super().capture_signals():
-                try:
-                    yield
-                finally:
-                    self._captured_signals.clear()
-
-    return DrainingServer(config)
 
 
 def main(argv: list[str] | None = None) -> int:

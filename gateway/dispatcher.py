@@ -167,8 +167,8 @@ class Dispatcher:
             self.policy.set_group(job_id, group, self.clock())
             self._pump()
 
-    def prefill_done(self, job_id: str) -> None:
-        self.policy.on_prefill_done(job_id, self.clock())
+    def prefill_done(self, job_id: str, observed: bool = True) -> None:
+        self.policy.on_prefill_done(job_id, self.clock(), observed)
         self._pump()
 
     def finish(self, job_id: str, *, cached_tokens: int | None = None, ok: bool = True) -> None:
@@ -189,7 +189,7 @@ class Dispatcher:
             self._running[d.job_id] = d.engine
             self.metrics.inflight.labels(d.engine).inc()
             fut.set_result(d)
-        self.metrics.queued.set(self.policy.stats().get("queued", 0))
+        self.metrics.queued.set(self.policy.queued())
 
     # -- execution ----------------------------------------------------------------------
     async def _attempts(self, job: Job) -> AsyncIterator[tuple[Dispatch, float]]:
@@ -217,9 +217,13 @@ class Dispatcher:
     async def complete(self, job: Job, call: EngineCall) -> Outcome:
         """Run a non-streaming call, retrying on another engine when that is safe."""
         last: EngineFailure | None = None
+        loop = asyncio.get_running_loop()
         async for d, t0 in self._attempts(job):
             started = self.clock()
             engine = self.pool.get(d.engine).engine
+            # Nothing streams back before the end: the policy's estimate of the first
+            # token stands in for it (prefill budget, warm-up followers).
+            eta = loop.call_later(d.prefill_eta_s, self.prefill_done, d.job_id, False)
             try:
                 body = await engine.complete(self._call_for(call, d))
             except EngineFailure as exc:
@@ -232,6 +236,8 @@ class Dispatcher:
             except BaseException:
                 self.finish(d.job_id, ok=False)
                 raise
+            finally:
+                eta.cancel()
             usage = Usage.from_openai(body.get("usage"))
             self.pool.record_success(d.engine)
             self.finish(d.job_id, cached_tokens=usage.cached_tokens if usage else None)

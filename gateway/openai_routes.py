@@ -16,7 +16,7 @@ from common.types import JSON, Route
 from . import program_routes as programs
 from . import session_http
 from .completion import RequestContext
-from .responses import CLIENT_CLOSED, primed, streaming
+from .responses import CLIENT_CLOSED, FastJSONResponse, primed, streaming
 from .validation import ChatBody, CompletionBody, parse_json, validate
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ async def _completion(request: Request, route: Route) -> Response:
         raise
     outcome = task.result()
     programs.finish(gw, placement, outcome.body, outcome.usage, outcome.engine)
-    return JSONResponse(outcome.body, headers=programs.headers_of(placement))
+    return FastJSONResponse(outcome.body, headers=programs.headers_of(placement))
 
 
 async def chat_completions(request: Request) -> Response:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-from starlette.responses import StreamingResponse
+import orjson
+from starlette.responses import JSONResponse, StreamingResponse
 
 from common.errors import ParrotError
 from common.types import JSON
@@ -16,8 +16,16 @@ SSE_DONE = b"data: [DONE]\n\n"
 CLIENT_CLOSED = 499  # nginx's code: nobody reads this response
 
 
+class FastJSONResponse(JSONResponse):
+    """JSONResponse rendered by orjson (several times faster than json.dumps on the
+    completion bodies that every proxied request returns)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 def sse(data: Any) -> bytes:
-    return b"data: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+    return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
 async def sse_stream(chunks: AsyncIterator[JSON]) -> AsyncIterator[bytes]:

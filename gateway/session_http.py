@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from common.errors import BadRequest
 from common.ids import is_session_id, is_variable_name
@@ -20,7 +20,7 @@ from common.serving import finished_before_disconnect
 from common.types import JSON, Route
 
 from .auth import Principal
-from .responses import CLIENT_CLOSED, primed, streaming
+from .responses import CLIENT_CLOSED, FastJSONResponse, primed, streaming
 from .session_runner import OUTPUT_PARAM, Run, SessionRunner, Submission
 from .store import RequestRecord
 
@@ -127,7 +127,7 @@ async def handle(
     ))
     if h.is_async:
         runner.start(run)
-        return JSONResponse(pending_body(run))
+        return FastJSONResponse(pending_body(run))
     if body.get("stream"):
         return streaming(await primed(await runner.open_stream(run)))
     task = runner.start(run)
@@ -139,4 +139,4 @@ async def handle(
         if not await runner.needed(run.rec):
             task.cancel()
         return Response(status_code=CLIENT_CLOSED)
-    return JSONResponse({**waiter.result(), "parrot": parrot_info(run.rec, "ready")})
+    return FastJSONResponse({**waiter.result(), "parrot": parrot_info(run.rec, "ready")})

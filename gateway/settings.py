@@ -62,7 +62,10 @@ class Settings(BaseModel):
         None, description="Cap on in-flight requests per engine (default: engine's capacity)."
     )
     engine_streaming: bool = Field(
-        True, description="Stream from engines even for non-streaming clients (prefill signal)."
+        False,
+        description="Stream from engines even for non-streaming clients: an exact first-token "
+                    "signal, at the CPU cost of parsing every token; off, the policy's learned "
+                    "estimate stands in for it.",
     )
     retry_budget: int = Field(2, ge=0, description="Retries on another engine before first token.")
     breaker_failures: int = Field(3, ge=1, description="Failures that open an engine's breaker.")
@@ -93,6 +96,10 @@ class Settings(BaseModel):
     )
     # lifecycle
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period on SIGTERM.")
+    workers: int = Field(
+        1, ge=1, le=256,
+        description="Gateway processes sharing the port (each a replica over the same Redis).",
+    )
     log_level: str = Field("info", description="Log level.")
 
     @field_validator("backend", mode="before")

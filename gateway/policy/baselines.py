@@ -75,7 +75,7 @@ class _FifoPolicy:
             return True
         return self._jobs.pop(job_id, None) is not None  # lazily skipped in the queue
 
-    def on_prefill_done(self, job_id: str, now: float) -> None:
+    def on_prefill_done(self, job_id: str, now: float, observed: bool = True) -> None:
         pass
 
     def set_group(self, job_id: str, group: str | None, now: float) -> None:
@@ -109,6 +109,9 @@ class _FifoPolicy:
             self._dispatched += 1
             out.append(Dispatch(jid, e.name, 0, 0))
         return out
+
+    def queued(self) -> int:
+        return len(self._queue)  # includes cancelled ids not yet skipped: an upper bound
 
     def stats(self) -> dict[str, Any]:
         return {

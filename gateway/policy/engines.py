@@ -47,6 +47,7 @@ class EngineState:
     prefilling: int = 0  # jobs in flight whose first token has not come yet
     apps: dict[str, int] = field(default_factory=dict)  # application -> jobs in flight
     name_hash: int = 0  # stable 64-bit hash of the name (rendezvous hashing)
+    prefill_s_per_token: float = 0.0  # seconds from dispatch to first token per token ahead (learned)
     prefill_rate: float = 0.0  # uncached tokens sent per second (decaying average)
     rate_at: float = 0.0  # when prefill_rate was last updated
 

@@ -68,6 +68,8 @@ class _Rec:
     prefill_cost: float = 0.0  # in flight, prefill not done: its share of the engine backlog
     prefill_done: bool = False
     prefilling: bool = False  # counted in its engine's ``prefilling``
+    dispatched_at: float = 0.0
+    ahead: int = 0  # prompt tokens the engine had to prefill before its first token (ours)
     followers: list[str] = field(default_factory=list)
 
 
@@ -190,11 +192,14 @@ class Scheduler:
         if group is not None:
             self._groups.setdefault(group, {})[job_id] = None
 
-    def on_prefill_done(self, job_id: str, now: float) -> None:
-        """First token seen: a leader's prefix is cached, its followers may go."""
+    def on_prefill_done(self, job_id: str, now: float, observed: bool = True) -> None:
+        """First token seen (``observed``), or the time estimated for it passed (a call
+        that does not stream): a leader's prefix is cached, its followers may go."""
         rec = self._recs.get(job_id)
         if rec is None or rec.state != _INFLIGHT or rec.prefill_done:
             return
+        if observed:
+            self._learn_prefill_speed(rec, now)
         rec.prefill_done = True
         self._clear_backlog(rec)
         if rec.pending_leader:
@@ -246,6 +251,10 @@ class Scheduler:
         for jid in skipped:
             queue.requeue(jid)
         return out
+
+    def queued(self) -> int:
+        """Jobs waiting in the gateway (cheap: read per dispatch for the metric)."""
+        return len(self._queue)
 
     def stats(self) -> dict[str, Any]:
         engines = {
@@ -391,6 +400,8 @@ class Scheduler:
         for e, cached, held in cands:
             if cached and e is not lightest and self._imbalanced(e, lightest):
                 cached = 0  # too loaded to be worth its cache: scored as a plain engine
+            elif cached > held and e.load > lightest.load + self.config.home_slack:
+                cached = held  # a home is a tie-breaker between similar loads, not a pull
             uncached = max(0, n_tokens - cached)
             ranked.append((self._score(e, uncached, mt), -cached, e.key, e.order, held, e))
         ranked.sort(key=lambda r: r[:4])
@@ -459,6 +470,8 @@ class Scheduler:
         rec.prefill_cost = uncached * cfg.cost_prefill_token
         rec.uncached = uncached
         rec.prefilling = True
+        rec.dispatched_at = now
+        rec.ahead = e.backlog_tokens + uncached
         e.backlog += rec.prefill_cost
         e.prefilling += 1
         e.backlog_tokens += uncached
@@ -481,7 +494,21 @@ class Scheduler:
         e.jobs.add(jid)
         self._engines.update(e, inflight=1, work=rec.work, kv=rec.kv)
         self._dispatched += 1
-        out.append(Dispatch(jid, e.name, priority, cached))
+        out.append(Dispatch(jid, e.name, priority, cached, self._prefill_eta(e, rec.ahead)))
+
+    def _learn_prefill_speed(self, rec: _Rec, now: float) -> None:
+        """Seconds per prefilled token as this engine really delivers them (queueing,
+        decode steps in between, other clients included): from streamed first tokens,
+        for the estimates of calls that do not stream."""
+        e = self._engines.get(rec.engine or "")
+        if e is None or rec.ahead < 256:
+            return
+        sample = max(0.0, now - rec.dispatched_at) / rec.ahead
+        e.prefill_s_per_token += 0.1 * (sample - e.prefill_s_per_token)
+
+    def _prefill_eta(self, e: EngineState, ahead: int) -> float:
+        per_token = e.prefill_s_per_token or self.config.prefill_s_per_token
+        return ahead * per_token + self.config.decode_step_s
 
     def _age_bonus(self, job: Job, now: float) -> int:
         """Priority inside a class: how long the job's application has been running."""

@@ -41,6 +41,7 @@ class Dispatch:
     engine: str
     priority: int
     expected_cached_tokens: int
+    prefill_eta_s: float = 0.0  # when its prefill should be done (for calls that do not stream)
 
 
 @dataclass
@@ -52,6 +53,7 @@ class SchedulerConfig:
     # treated as held by its rendezvous-hash "home" engine, named by the hash of
     # its first ``home_blocks`` blocks (the same on every replica, no Redis trip).
     home_blocks: int = 8
+    home_slack: int = 2  # ... while its load is within this many requests of the lightest
     warmup_min_tokens: int = 256  # pending shared prefix that makes followers wait
     warmup_timeout_s: float = 30.0  # followers are released after this even without news
     # Hard override only: a prefix holder whose load (requests in flight, held or
@@ -99,6 +101,7 @@ class SchedulerConfig:
     app_window: int = 8
     app_window_duty: float = 0.5  # ... only while prefill takes more than this share of the engine
     prefill_s_per_token: float = 3.3e-5  # engine seconds per prefilled token (estimates duty)
+    decode_step_s: float = 0.006  # one decode step (the first token comes after the prefill)
     duty_window_s: float = 2.0  # time constant of the prefill-duty estimate
     # - latency protection: while an engine decodes latency-class work, throughput
     #   jobs bring it at most ``protect_prefill_tokens`` uncached prompt tokens each
@@ -152,9 +155,10 @@ class Policy(Protocol):
     def submit(self, job: Job, now: float) -> None: ...
     def cancel(self, job_id: str, now: float) -> bool: ...
     def set_group(self, job_id: str, group: str | None, now: float) -> None: ...
-    def on_prefill_done(self, job_id: str, now: float) -> None: ...
+    def on_prefill_done(self, job_id: str, now: float, observed: bool = True) -> None: ...
     def on_finish(
         self, job_id: str, now: float, cached_tokens: int | None = None, ok: bool = True
     ) -> None: ...
     def schedule(self, now: float) -> list[Dispatch]: ...
+    def queued(self) -> int: ...
     def stats(self) -> dict[str, Any]: ...
