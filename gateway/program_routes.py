@@ -54,6 +54,8 @@ async def place(gw: Gateway, request: Request, body: JSON, principal: Principal,
         ctx.session = scheduling_key(principal.tenant, placement.program)
         ctx.app_started = rec.started
         ctx.attained = float(rec.attained)
+        if rec.last_engine and rec.context_tokens > 0:
+            ctx.affinity = (rec.last_engine, rec.context_tokens)
     return placement
 
 

@@ -134,6 +134,8 @@ def test_replicas_share_programs(redis_url: str) -> None:
         assert len(set(seen)) == 1
         body = program(urls[1], seen[0]).json()
         assert body["steps"] == 4 and body["links"]["chain"] == 3
+        # every step ran where the previous one did (the record's engine, on either replica)
+        assert len({st["engine"] for st in body["recent_steps"]}) == 1
         # two identical conversations answered on different replicas: the second one's next
         # step, sent where the first was answered, must not join the first (every replica
         # hears that their shared key is ambiguous)

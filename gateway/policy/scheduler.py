@@ -347,6 +347,9 @@ class Scheduler:
                 if name not in cached_on:
                     cached_on[name] = cached
                     seen += 1
+        aff = rec.job.affinity
+        if aff is not None and aff[0] in engines and cached_on.get(aff[0], 0) < aff[1]:
+            cached_on[aff[0]] = aff[1]
         hint: dict[str, int] = {}
         if not cached_on:
             home = self._home(rec.hashes, avoid)

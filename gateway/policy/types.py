@@ -31,6 +31,10 @@ class Job:
     # from plain traffic: when set, the least-served application goes first inside
     # the tenant (least attained service) instead of the oldest.
     attained: float | None = None
+    # (engine, tokens): an engine believed to hold that many of its prompt tokens although
+    # this replica's prefix index may not know it (inferred programs: the engine that ran
+    # the program's previous step, from the program record every replica shares).
+    affinity: tuple[str, int] | None = None
 
 
 @dataclass
