@@ -122,6 +122,7 @@ REPLICA_ROLES = ("gateway-r0", "gateway-r1")
 PROXY_ROLES: dict[str, tuple[str, ...]] = {
     "gateway": ("gateway",), "gateway-plain": ("gateway",), "sglang-router": ("smg",),
     "gateway-2r": REPLICA_ROLES, "gateway-plain-2r": REPLICA_ROLES,
+    "gateway-plain-noinfer": ("gateway-noinfer",),
 }
 
 

@@ -58,6 +58,7 @@ class Services:
     router: str | None = None
     router_note: str | None = None
     replicas: str | None = None  # HAProxy in front of gateway replicas (start_replicas)
+    gateway_noinfer: str | None = None  # a second gateway with infer_programs off
     replicas_note: str | None = None
     model: str = "default"
     model_path: str | None = None
@@ -158,6 +159,15 @@ class Services:
         _wait_http(self.replicas + "/ready", proc, 30, "haproxy")
         return True
 
+    def start_noinfer(self) -> str:
+        """A second parrot-gateway with program inference off (``gateway-plain-noinfer``), after
+        the main one so that ``self.gateway`` stays the inferring one."""
+        if self.gateway is None:
+            self.start_gateway()
+        self.gateway_noinfer = self.start_gateway(name="gateway-noinfer",
+                                                  env={"PARROT_INFER_PROGRAMS": "false"})
+        return self.gateway_noinfer
+
     def start_router(self) -> bool:
         """SGLang Model Gateway in front of the same engines; False (with a note) if absent."""
         binary = shutil.which("smg")
@@ -166,7 +176,8 @@ class Services:
             return False
         port = free_port()
         cmd = [binary, "launch", "--host", "127.0.0.1", "--port", str(port), "--policy", "cache_aware",
-               "--log-level", "warn", "--worker-urls", *self.engines]
+               "--log-level", "warn", "--prometheus-port", str(free_port()),
+               "--worker-urls", *self.engines]
         if self.model_path:
             cmd += ["--tokenizer-path", self.model_path]
         proc = self._spawn("smg", cmd)

@@ -51,9 +51,10 @@ async def place(gw: Gateway, request: Request, body: JSON, principal: Principal,
         user=user if isinstance(user, str) else None, hint=hint)
     if placement is not None:
         rec = placement.record
-        ctx.session = scheduling_key(principal.tenant, placement.program)
         ctx.app_started = rec.started
-        ctx.attained = float(rec.attained)
+        if gw.settings.program_order == "las":
+            ctx.session = scheduling_key(principal.tenant, placement.program)
+            ctx.attained = float(rec.attained)
         if rec.last_engine and rec.context_tokens > 0:
             ctx.affinity = (rec.last_engine, rec.context_tokens)
     return placement

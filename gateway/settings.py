@@ -91,6 +91,10 @@ class Settings(BaseModel):
                           "them as applications (least attained service, engine affinity).",
     )
     program_ttl_s: int = Field(900, gt=0, description="TTL of inferred-program state in Redis.")
+    program_order: Literal["age", "las"] = Field(
+        "age", description="Order of inferred programs inside a tenant: program age (older first) "
+                           "or least attained service.",
+    )
     program_link_user: bool = Field(
         True, description="Link plain requests by their `user` field (when API keys name the tenant).",
     )

@@ -321,8 +321,10 @@ class Scheduler:
 
     def _refuse(self, rec: _Rec, e: EngineState, cls: int, cached: int) -> bool:
         """Admission check; counts the refusal by reason."""
+        job = rec.job  # an inferred program has one step in flight: a window would only cap batches
+        app = job.session if job.attained is None else None
         why = refusal(
-            e, max(0, rec.job.prompt_tokens - cached), cls == LATENCY, rec.job.session,
+            e, max(0, job.prompt_tokens - cached), cls == LATENCY, app,
             e.name in self._protected, self.config, self._engines.share, self._now,
         )
         if why is None:
@@ -514,10 +516,14 @@ class Scheduler:
         return ahead * per_token + self.config.decode_step_s
 
     def _age_bonus(self, job: Job, now: float) -> int:
-        """Priority inside a class: how long the job's application has been running."""
+        """Priority inside a class: how long the job's application has been running, or for an
+        inferred program how little service it received (least attained service first)."""
+        cfg = self.config
+        if job.attained is not None:
+            lost = int(job.attained * cfg.attained_priority_per_token)
+            return cfg.age_priority_cap - min(cfg.age_priority_cap, lost)
         if job.app_started is None:
             return 0
-        cfg = self.config
         return min(cfg.age_priority_cap, max(0, int((now - job.app_started) * cfg.age_priority_per_s)))
 
     # warm-up -------------------------------------------------------------------

@@ -81,6 +81,7 @@ class SchedulerConfig:
     priority_throughput: int = 0
     age_priority_per_s: float = 10.0
     age_priority_cap: int = 999
+    attained_priority_per_token: float = 0.02  # programs: priority lost per token of service
     prefill_token_weight: float = 0.05  # cost of one uncached prompt token vs one output token
     external_request_work: float = 128.0  # work assumed per request we did not send (on_load)
     max_skips: int = 64  # unplaceable queue heads (pin/avoid/KV/admission) passed over per schedule()
