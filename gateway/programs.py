@@ -9,9 +9,10 @@
 * a request nothing could link (no probe) starts a program here: no round trip;
 * otherwise one Lua script (``LINK``) finds the program or starts one.
 
-The request's context then carries the program as its application
-(``ctx.session``), its start (application age) and the service it received so
-far (``attained``: least attained service first, inside the tenant). When the
+The request's context then carries the program's start (``app_started``:
+older programs first) or, with ``program_order: las``, the program as its
+application and the service it received so far (least attained service first),
+and the engine that ran its previous step (``affinity``). When the
 answer is known, ``Programs.finish`` updates the cache and queues the keys the
 answer makes linkable with the step's usage; queued writes leave as one
 pipeline per event-loop turn (``DONE`` per step), off the request's path, and a
