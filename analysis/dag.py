@@ -361,22 +361,28 @@ class SessionGraph:
         absent from the result. Group id: ``grp:<consumer>:<hash of the
         members' output variables>``, stable across processes.
         """
-        anc_cache: dict[str, set[str]] = {}
-
-        def anc(nid: str) -> set[str]:
-            if nid not in anc_cache:
-                anc_cache[nid] = set(self.ancestors(nid))
-            return anc_cache[nid]
+        # Ancestor sets as bitmasks over topological positions, built in one pass
+        # (big-int ORs run at C speed): linear in edges x nodes/64 words, where sets
+        # of node ids were quadratic (seconds at 5,000 requests).
+        order = self.topological_order()
+        bit = {nid: 1 << i for i, nid in enumerate(order)}
+        anc: dict[str, int] = {}
+        for nid in order:
+            mask = 0
+            for p in self.parents(nid):
+                mask |= anc[p] | bit[p]
+            anc[nid] = mask
 
         candidates: list[tuple[int, int, str, list[str]]] = []
         for idx, (cid, _node) in enumerate(self._nodes.items()):
             prods = self.parents(cid)
             if len(prods) < 2:
                 continue
-            pset = set(prods)
-            # p is an ancestor of q iff p in anc(q)
-            earlier = set().union(*(anc(q) & pset for q in prods))
-            members = [p for p in prods if p not in earlier]
+            # p is an earlier stage when it is an ancestor of another producer q
+            reach = 0
+            for q in prods:
+                reach |= anc[q]
+            members = [p for p in prods if not reach & bit[p]]
             if len(members) >= 2:
                 candidates.append((-len(members), idx, cid, members))
         candidates.sort(key=lambda c: (c[0], c[1]))

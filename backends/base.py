@@ -15,9 +15,9 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from common.types import JSON, Route
+from common.types import JSON
 
 
 class EngineFailure(Exception):
@@ -45,15 +45,19 @@ class EngineRejected(EngineFailure):
     retryable = False
 
 
+EngineRoute = Literal["chat", "completion", "generate"]
+"""The OpenAI routes, and SGLang's native ``/generate`` (only ``sglang`` engines have it)."""
+
+
 @dataclass
 class EngineCall:
-    """One OpenAI-style request to an engine.
+    """One request to an engine: OpenAI-style, or SGLang-native for ``route="generate"``.
 
-    ``body`` is the OpenAI JSON body as the client sent it (after placeholder
+    ``body`` is the JSON body as the client sent it (after placeholder
     substitution); unknown fields travel through unchanged.
     """
 
-    route: Route
+    route: EngineRoute
     body: JSON
     rid: str
     priority: int | None = None
@@ -85,6 +89,21 @@ class Usage:
     cached_tokens: int = 0
 
     @classmethod
+    def of_chunk(cls, chunk: Any) -> Usage | None:
+        """Usage carried by a response or stream chunk: OpenAI's ``usage``, or the
+        ``meta_info`` of a finished SGLang ``/generate`` answer."""
+        if not isinstance(chunk, dict):
+            return None
+        if "usage" in chunk:
+            return cls.from_openai(chunk.get("usage"))
+        meta = chunk.get("meta_info")
+        if isinstance(meta, dict) and meta.get("finish_reason") is not None:
+            return cls(prompt_tokens=int(meta.get("prompt_tokens") or 0),
+                       completion_tokens=int(meta.get("completion_tokens") or 0),
+                       cached_tokens=int(meta.get("cached_tokens") or 0))
+        return None
+
+    @classmethod
     def from_openai(cls, usage: Any) -> Usage | None:
         if not isinstance(usage, dict):
             return None
@@ -110,6 +129,12 @@ class Engine(ABC):
     @abstractmethod
     def stream(self, call: EngineCall) -> AsyncIterator[JSON]:
         """Send a streaming request; yield each SSE chunk as parsed JSON."""
+
+    @property
+    def has_generate(self) -> bool:
+        """Whether the engine serves SGLang's native ``/generate`` (``route="generate"``
+        calls to one that does not fail with :class:`EngineRejected`, status 404)."""
+        return False
 
     @abstractmethod
     async def info(self) -> EngineInfo: ...

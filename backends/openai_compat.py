@@ -31,7 +31,7 @@ from .base import (
     EngineUnreachable,
 )
 
-ROUTES = {"chat": "/v1/chat/completions", "completion": "/v1/completions"}
+ROUTES = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "generate": "/generate"}
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -107,14 +107,31 @@ class OpenAIEngine(Engine):
         return self._session
 
     def request_body(self, call: EngineCall) -> JSON:
-        """The JSON sent to the engine; subclasses add engine-specific fields."""
-        return call.body
+        """The JSON sent to the engine; subclasses add engine-specific fields. A streamed
+        OpenAI request always asks for usage at the end (the gateway accounts with it;
+        ``Completions.stream`` drops it again for clients that did not ask)."""
+        body = call.body
+        if call.stream and call.route in ("chat", "completion"):
+            opts = body.get("stream_options")
+            if not (isinstance(opts, dict) and opts.get("include_usage")):
+                body = {**body, "stream_options": {**(opts if isinstance(opts, dict) else {}),
+                                                   "include_usage": True}}
+        return body
+
+    def _path(self, call: EngineCall) -> str:
+        if call.route == "generate" and not self.has_generate:
+            raise EngineRejected(
+                f"this engine ({self.kind} kind, {self.url}) has no SGLang /generate route; "
+                "use /v1/completions, or run the gateway over SGLang engines (--backend-kind sglang)",
+                status=404, body={"error": {"message": "no /generate on an OpenAI-compatible engine",
+                                            "code": "route_not_supported"}})
+        return ROUTES[call.route].lstrip("/")
 
     async def complete(self, call: EngineCall) -> JSON:
+        path = self._path(call)
         async with _mapped_errors():
             async with self.session.post(
-                ROUTES[call.route].lstrip("/"), data=orjson.dumps(self.request_body(call)),
-                headers=JSON_HEADERS,
+                path, data=orjson.dumps(self.request_body(call)), headers=JSON_HEADERS,
             ) as response:
                 body = _parse_body(await response.read())
                 _raise_for_status(response.status, body)
@@ -123,10 +140,10 @@ class OpenAIEngine(Engine):
         return body
 
     async def stream(self, call: EngineCall) -> AsyncIterator[JSON]:
+        path = self._path(call)
         async with _mapped_errors():
             async with self.session.post(
-                ROUTES[call.route].lstrip("/"), data=orjson.dumps(self.request_body(call)),
-                headers=JSON_HEADERS,
+                path, data=orjson.dumps(self.request_body(call)), headers=JSON_HEADERS,
             ) as response:
                 if response.status >= 400:
                     _raise_for_status(response.status, _parse_body(await response.read()))

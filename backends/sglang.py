@@ -2,7 +2,8 @@
 
 Adds SGLang's extra request fields ``rid`` and ``priority`` (higher = more urgent;
 the server runs with ``--enable-priority-scheduling``), reads capacity from
-``/get_server_info`` and load from ``/get_load`` (or ``/v1/loads``).
+``/get_server_info`` and load from ``/get_load`` (or ``/v1/loads``), and serves
+the native ``/generate`` route (``EngineCall.route == "generate"``).
 """
 
 from __future__ import annotations
@@ -22,16 +23,15 @@ def _first(obj: Any) -> Any:
 class SGLangEngine(OpenAIEngine):
     kind = "sglang"
 
+    @property
+    def has_generate(self) -> bool:
+        return True
+
     def request_body(self, call: EngineCall) -> JSON:
-        body = dict(call.body)
+        body = dict(super().request_body(call))
         body.setdefault("rid", call.rid)
         if call.priority is not None:
             body["priority"] = call.priority
-        if call.stream and call.route in ("chat", "completion"):
-            # Usage (incl. cached_tokens) at the end of every stream: the gateway needs it.
-            opts = dict(body.get("stream_options") or {})
-            opts["include_usage"] = True
-            body["stream_options"] = opts
         return body
 
     async def info(self) -> EngineInfo:

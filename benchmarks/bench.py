@@ -126,7 +126,7 @@ class Bench:
         async with control_client() as ctl, make_client(self.cfg.http_client) as http:
             system = make_system(sname, http, engines=self.svc.engines, gateway=self.svc.gateway,
                                  router=self.svc.router, model=self.svc.model, rtt_s=self.rtt_s,
-                                 replicas=self.svc.replicas, noinfer=self.svc.gateway_noinfer)
+                                 replicas=self.svc.replicas, variants=self.svc.variants)
             await system.run_app(App("warmup", f"warmup-{sname}", (Step("w", "Say hello.", 2),), ("w",)))
             await system.finish()
             await self.svc.flush(ctl)

@@ -216,10 +216,12 @@ def _run_workloads(args: argparse.Namespace, workloads: list[str], systems: list
             svc.start_gateway()
         if "sglang-router" in systems and not svc.start_router():
             console.print(f"[yellow]{svc.router_note}[/yellow]")
-        if "gateway-plain-noinfer" in systems:
-            svc.start_noinfer()
         if any(s.endswith("-2r") for s in systems) and not svc.start_replicas(2):
             console.print(f"[yellow]{svc.replicas_note}[/yellow]")
+        from .systems import PLAIN_VARIANTS, VARIANTS
+
+        every = {**VARIANTS, **PLAIN_VARIANTS}
+        svc.start_variants({s: every[s] for s in systems if s in every})
         svc.pin()
         time.sleep(1.0)  # let freshly started processes settle (imports, first health checks)
         with PinnedHarness(cfg.affinity):

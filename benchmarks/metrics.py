@@ -122,7 +122,9 @@ REPLICA_ROLES = ("gateway-r0", "gateway-r1")
 PROXY_ROLES: dict[str, tuple[str, ...]] = {
     "gateway": ("gateway",), "gateway-plain": ("gateway",), "sglang-router": ("smg",),
     "gateway-2r": REPLICA_ROLES, "gateway-plain-2r": REPLICA_ROLES,
-    "gateway-plain-noinfer": ("gateway-noinfer",),
+    "gateway-fifo": ("gateway-fifo",), "gateway-nogroups": ("gateway-nogroups",),
+    "gateway-nowindow": ("gateway-nowindow",), "gateway-noadmission": ("gateway-noadmission",),
+    "gateway-plain-noinfer": ("gateway-plain-noinfer",),
 }
 
 

@@ -64,7 +64,7 @@ def measure(conversations: int = 32, turns: int = 8, rounds: int = 3,
     with Services(log_dir) as svc:
         svc.start_engines(2, "h100-llama3-8b", 0.01)
         on_url = svc.start_gateway()
-        off_url = svc.start_gateway(env={"PARROT_INFER_PROGRAMS": "false"}, name="gateway-noinfer")
+        off_url = svc.start_gateway(name="gateway-noinfer", env={"PARROT_INFER_PROGRAMS": "false"})
         on_pid, off_pid = svc.pids()["gateway"], svc.pids()["gateway-noinfer"]
         assert svc.redis is not None and svc.redis.proc is not None
         redis_pid = svc.redis.proc.pid

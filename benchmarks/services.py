@@ -58,7 +58,7 @@ class Services:
     router: str | None = None
     router_note: str | None = None
     replicas: str | None = None  # HAProxy in front of gateway replicas (start_replicas)
-    gateway_noinfer: str | None = None  # a second gateway with infer_programs off
+    variants: dict[str, str] = field(default_factory=dict)  # policy variant -> its gateway URL
     replicas_note: str | None = None
     model: str = "default"
     model_path: str | None = None
@@ -70,7 +70,8 @@ class Services:
 
     # -------------------------------------------------------------- start
 
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, cmd: list[str],
+               env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_dir / f"{name}.log", "wb")  # noqa: SIM115 - closed in stop()
         self._logs.append(log)
@@ -117,9 +118,8 @@ class Services:
 
     def start_gateway(self, extra: list[str] | None = None, name: str = "gateway",
                       env: dict[str, str] | None = None) -> str:
-        """A parrot-gateway process over the engines and the shared Redis; its URL (``name``
-        in logs and CPU roles; ``env`` adds PARROT_* settings). The first one started is
-        ``self.gateway``."""
+        """A parrot-gateway process over the engines and the shared Redis (``env``: its
+        ``PARROT_*`` settings); its URL. The first one started is ``self.gateway``."""
         if self.redis is None:
             self.redis = RedisServer().start()
         port = free_port()
@@ -159,14 +159,10 @@ class Services:
         _wait_http(self.replicas + "/ready", proc, 30, "haproxy")
         return True
 
-    def start_noinfer(self) -> str:
-        """A second parrot-gateway with program inference off (``gateway-plain-noinfer``), after
-        the main one so that ``self.gateway`` stays the inferring one."""
-        if self.gateway is None:
-            self.start_gateway()
-        self.gateway_noinfer = self.start_gateway(name="gateway-noinfer",
-                                                  env={"PARROT_INFER_PROGRAMS": "false"})
-        return self.gateway_noinfer
+    def start_variants(self, envs: dict[str, dict[str, str]]) -> None:
+        """One gateway process per policy variant (its settings in ``envs``)."""
+        for name, env in envs.items():
+            self.variants[name] = self.start_gateway(name=name, env=env)
 
     def start_router(self) -> bool:
         """SGLang Model Gateway in front of the same engines; False (with a note) if absent."""

@@ -46,8 +46,23 @@ from .workloads import App, Step
 
 Http = HttpClient | AiohttpClient
 
+# The policy comparison: the gateway (whole DAG submitted) with one scheduling mechanism
+# switched off each, every one its own gateway process on the same engines and Redis.
+VARIANTS: dict[str, dict[str, str]] = {
+    "gateway-fifo": {"PARROT_APP_ORDER": "false"},  # no application age (order or priority)
+    "gateway-nogroups": {"PARROT_TASK_GROUPS": "false"},  # no task groups
+    "gateway-nowindow": {"PARROT_APP_WINDOW": "0"},  # no application window
+    "gateway-noadmission": {  # nothing held back: the engines queue everything
+        "PARROT_APP_WINDOW": "0", "PARROT_PREFILL_BUDGET_CHUNKS": "100000",
+        "PARROT_PROTECT_LATENCY": "false",
+    },
+}
+# Plain clients through a gateway with one setting changed (agents: program inference off).
+PLAIN_VARIANTS: dict[str, dict[str, str]] = {
+    "gateway-plain-noinfer": {"PARROT_INFER_PROGRAMS": "false"},
+}
 SYSTEMS = ("baseline", "gateway-plain", "gateway", "sglang-router", "gateway-2r", "gateway-plain-2r",
-           "gateway-plain-noinfer")
+           *VARIANTS, *PLAIN_VARIANTS)
 # gateway-2r / gateway-plain-2r: the same clients through two gateway replicas (one Redis)
 # behind HAProxy round robin: what scale-out costs.
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -453,7 +468,7 @@ class GatewayDag(_Client):
 
 def make_system(name: str, http: Http, *, engines: list[str], gateway: str | None,
                 router: str | None, model: str, rtt_s: float, replicas: str | None = None,
-                noinfer: str | None = None) -> System:
+                variants: dict[str, str] | None = None) -> System:
     if name == "baseline":
         return ClientOrchestrated(name, http, engines, model, rtt_s)
     if name == "gateway-plain":
@@ -468,10 +483,13 @@ def make_system(name: str, http: Http, *, engines: list[str], gateway: str | Non
     if name == "gateway-2r":
         assert replicas
         return GatewayDag(name, http, url=replicas, model=model, rtt_s=rtt_s)
-    if name == "gateway-plain-noinfer":
-        assert noinfer
-        return ClientOrchestrated(name, http, [noinfer], model, rtt_s, engine_of_url=False)
+    if name in PLAIN_VARIANTS:
+        assert variants and name in variants
+        return ClientOrchestrated(name, http, [variants[name]], model, rtt_s, engine_of_url=False)
     if name == "gateway-plain-2r":
         assert replicas
         return ClientOrchestrated(name, http, [replicas], model, rtt_s, engine_of_url=False)
+    if name in VARIANTS:
+        assert variants and name in variants
+        return GatewayDag(name, http, url=variants[name], model=model, rtt_s=rtt_s)
     raise ValueError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")

@@ -25,9 +25,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backends.base import Engine
 from common.errors import ParrotError
 
-from . import logs, openai_routes, program_routes, session_routes
+from . import generate_route, logs, openai_routes, program_routes, responses_api, session_routes
 from .metrics import Metrics
 from .settings import Settings
+from .ui import routes as ui_routes
 from .wiring import Gateway, build_gateway
 
 log = logging.getLogger("parrot.gateway")
@@ -75,13 +76,17 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send)
             return
         rid = ""
+        sid = None
         for k, v in scope.get("headers", []):
             if k == b"x-request-id":
                 rid = v.decode("latin-1")[:128]
+            elif k == b"x-parrot-session":
+                sid = v.decode("latin-1")
         if not rid or not rid.isprintable():
             rid = "req-" + uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         token = logs.request_id.set(rid)
+        session_token = logs.session_id.set(logs.session_of(scope.get("path", ""), sid))
         start = time.perf_counter()
         status = 500
         route = _route_label(scope)
@@ -98,6 +103,7 @@ class RequestIdMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             logs.request_id.reset(token)
+            logs.session_id.reset(session_token)
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
 
@@ -110,7 +116,10 @@ def _route_label(scope: Scope) -> str:
         return "/v1/models/{model}"
     if path.startswith("/v1/programs/"):
         return "/v1/programs/{id}"
-    known = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/ready", "/metrics"}
+    if path.startswith("/v1/responses/"):
+        return "/v1/responses/{id}"
+    known = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/responses", "/generate",
+             "/get_model_info", "/health", "/ready", "/metrics"}
     return path if path in known else "other"
 
 
@@ -171,8 +180,11 @@ def create_app(
         Route("/v1/completions", openai_routes.completions, methods=["POST"]),
         Route("/v1/models", openai_routes.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", openai_routes.get_model, methods=["GET"]),
+        *responses_api.routes,
+        *generate_route.routes,
         *session_routes.routes,
         *program_routes.routes,
+        *ui_routes.routes,
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),
         Route("/metrics", metrics, methods=["GET"]),

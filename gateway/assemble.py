@@ -95,8 +95,11 @@ class Assembler:
         body["choices"] = [self.choices[i] for i in sorted(self.choices)]
         if self.route == "chat":
             for c in body["choices"]:
-                if c["message"].get("content") is None and not c["message"].get("tool_calls"):
-                    c["message"]["content"] = ""
+                msg = c["message"]
+                if msg.get("tool_calls"):  # a call without text says content null, as OpenAI does
+                    msg["content"] = msg.get("content") or None
+                elif msg.get("content") is None:
+                    msg["content"] = ""
         if self.usage is not None:
             body["usage"] = self.usage
         return body

@@ -26,6 +26,7 @@ def _serve_parser(sub: Any) -> None:
     p.add_argument("--api-keys", help="API keys file (JSON or YAML)")
     p.add_argument("--config", help="settings file (YAML, TOML or JSON)")
     p.add_argument("--log-level", help="log level (default info)")
+    p.add_argument("--log-format", choices=["text", "json"], help="log lines as text (default) or JSON")
     p.add_argument("--workers", type=int, help="gateway processes on one port (default 1)")
 
 
@@ -47,7 +48,7 @@ def serve(args: argparse.Namespace) -> int:
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command",)}
     settings = Settings.load(flags)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     log = logging.getLogger("parrot.cli")
     if not settings.api_keys:
         if _is_loopback(settings.host):
@@ -69,6 +70,7 @@ def serve(args: argparse.Namespace) -> int:
             log_level=settings.log_level.lower(),
             timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
             access_log=False,
+            log_config=None,  # uvicorn's own lines go through our handler (text or JSON)
         )
         draining_server(config, app.state.gateway).run()
     finally:

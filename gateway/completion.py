@@ -18,7 +18,7 @@ from common.errors import NotFound
 from common.types import JSON, Route
 
 from .assemble import Assembler
-from .dispatcher import Dispatcher, Outcome, Restart
+from .dispatcher import Dispatcher, Outcome, Restart, has_output
 from .engines import EnginePool
 from .metrics import Metrics
 from .policy import Job
@@ -125,7 +125,8 @@ class Completions:
             )
         return frozenset(s.id for s in self.pool.states.values() if s.models and model not in s.models)
 
-    def job(self, route: Route, body: JSON, ctx: RequestContext, avoid: frozenset[str]) -> Job:
+    def job(self, route: str, body: JSON, ctx: RequestContext, avoid: frozenset[str],
+            max_tokens: int | None = None) -> Job:
         shape = ctx.prompt or prompt_shape(route, body, self.block_bytes)
         ctx.prompt = shape
         return Job(
@@ -134,7 +135,7 @@ class Completions:
             prompt_tokens=self.estimate.tokens(shape.nbytes),
             prefix_hashes=shape.hashes,
             block_tokens=self.block_bytes / self.estimate.bytes_per_token,
-            max_tokens=max_tokens_of(body),
+            max_tokens=max_tokens_of(body) if max_tokens is None else max_tokens,
             latency_critical=ctx.latency_critical,
             group=ctx.group,
             session=ctx.session,
@@ -176,18 +177,21 @@ class Completions:
         (``restartable``: the dispatcher says ``RESTART`` and the assembly starts over)."""
         assembler = Assembler(route)
         started: list[tuple[str, float]] = []
+        ttft_s: float | None = None
         t0 = time.monotonic()
         async for chunk in self.dispatcher.stream(
             job, call, lambda e, q: started.append((e, q)), restartable=True
         ):
             if isinstance(chunk, Restart):
-                assembler = Assembler(route)
+                assembler, ttft_s = Assembler(route), None
                 continue
+            if ttft_s is None and has_output(chunk):
+                ttft_s = time.monotonic() - t0
             assembler.add(chunk)
         body = assembler.result()
         engine, queued_s = started[-1] if started else ("", 0.0)
         return Outcome(engine, body, Usage.from_openai(body.get("usage")), queued_s,
-                       time.monotonic() - t0 - queued_s)
+                       time.monotonic() - t0 - queued_s, ttft_s)
 
     async def stream(
         self,
@@ -216,4 +220,39 @@ class Completions:
                     if not chunk.get("choices"):
                         continue
                     chunk = {k: v for k, v in chunk.items() if k != "usage"}
+            yield chunk
+
+    # -- SGLang-native /generate ----------------------------------------------------------
+    def _generate_job(self, body: JSON, ctx: RequestContext) -> tuple[Job, EngineCall]:
+        """Schedule ``/generate`` like the OpenAI routes: the prompt (text or token ids) gives
+        the prefix identity, ``sampling_params.max_new_tokens`` the output budget. A gateway-only
+        ``model`` field picks the engines and is not forwarded (SGLang's /generate has none)."""
+        body = dict(body)
+        model = body.pop("model", None)
+        avoid = self.resolve_model({"model": model}) if model else frozenset()
+        sp = body.get("sampling_params") or {}
+        budget = sp.get("max_new_tokens") if isinstance(sp, dict) else None
+        budget = min(budget, MAX_TOKENS_ESTIMATE) if isinstance(budget, int) else 128  # SGLang's default
+        job = self.job("generate", body, ctx, avoid, max_tokens=budget)
+        return job, EngineCall(route="generate", body=body, rid=ctx.request_id)
+
+    async def generate(self, body: JSON, ctx: RequestContext) -> Outcome:
+        job, call = self._generate_job(body, ctx)
+        outcome = await self.dispatcher.complete(job, call)
+        if outcome.usage:
+            self._account_generate(body, ctx, outcome.usage)
+        return outcome
+
+    def _account_generate(self, body: JSON, ctx: RequestContext, u: Usage) -> None:
+        self.metrics.observe_usage(u.prompt_tokens, u.cached_tokens, u.completion_tokens)
+        if body.get("text") is not None:  # token ids say nothing about bytes per token
+            self._learn(ctx, u)
+
+    async def generate_stream(self, body: JSON, ctx: RequestContext) -> AsyncIterator[JSON]:
+        job, call = self._generate_job(body, ctx)
+        async for chunk in self.dispatcher.stream(job, call):
+            assert not isinstance(chunk, Restart)
+            usage = Usage.of_chunk(chunk)
+            if usage is not None:
+                self._account_generate(body, ctx, usage)
             yield chunk

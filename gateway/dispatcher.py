@@ -44,6 +44,7 @@ class Outcome:
     usage: Usage | None
     queued_s: float
     run_s: float
+    ttft_s: float | None = None  # call start to first generated token (streamed calls)
 
 
 class Restart:
@@ -68,7 +69,9 @@ class EngineRejectedError(ParrotError):
             self.code = body["error"].get("code") or self.code
 
 
-def _has_output(chunk: JSON) -> bool:
+def has_output(chunk: JSON) -> bool:
+    if "meta_info" in chunk:  # SGLang /generate: every streamed item carries output so far
+        return True
     for c in chunk.get("choices") or ():
         delta = c.get("delta") or {}
         if c.get("text") or delta.get("content") or delta.get("tool_calls") or c.get("finish_reason"):
@@ -238,7 +241,7 @@ class Dispatcher:
                 raise
             finally:
                 eta.cancel()
-            usage = Usage.from_openai(body.get("usage"))
+            usage = Usage.of_chunk(body)
             self.pool.record_success(d.engine)
             self.finish(d.job_id, cached_tokens=usage.cached_tokens if usage else None)
             return Outcome(d.engine, body, usage, started - t0, self.clock() - started)
@@ -273,13 +276,13 @@ class Dispatcher:
                         first = False
                         if on_start is not None:
                             on_start(d.engine, started - t0)
-                    if not prefilled and _has_output(chunk):
+                    if not prefilled and has_output(chunk):
                         # The first generated token, not the role-only opening chunk
                         # some servers send at once, marks the end of prefill.
                         prefilled = True
                         self.prefill_done(job.id)
                         self.metrics.ttft.observe(self.clock() - t0)
-                    usage = Usage.from_openai(chunk.get("usage"))
+                    usage = Usage.of_chunk(chunk)
                     if usage is not None:
                         cached = usage.cached_tokens
                     yield chunk

@@ -47,6 +47,10 @@ class Metrics:
         self.queued = Gauge(
             "parrot_queued_requests", "Ready requests waiting in the gateway queue", registry=r
         )
+        self.sessions = Counter(
+            "parrot_sessions_total", "Sessions started (first request of a session, any replica)",
+            registry=r,
+        )
         self.variables = Counter(
             "parrot_variables_total", "Semantic variables resolved by outcome", ["status"],
             registry=r,

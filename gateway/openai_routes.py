@@ -47,6 +47,7 @@ async def _completion(request: Request, route: Route) -> Response:
         sid = request.headers.get(session_http.H_SESSION, "")
         if is_session_id(sid):  # a bad id is refused with 400 by session_http.handle
             await gw.limits.admit_session(principal, sid, gw.settings.session_ttl_s)
+            await gw.index.touch(principal.tenant, sid)
         return await session_http.handle(gw.sessions, request, route, body, principal)
     tenant = principal.tenant if gw.auth.enabled else str(body.get("user") or principal.tenant)
     ctx = RequestContext(request_id=rid, tenant=tenant, weight=principal.weight)

@@ -89,6 +89,7 @@ def graph_view(
                 "created_at": r.created_at,
                 "ready_at": r.ready_at,
                 "started_at": r.started_at,
+                "first_token_at": r.first_token_at,
                 "finished_at": r.finished_at,
             }
             for r in sorted(records, key=lambda r: r.created_at)

@@ -87,6 +87,7 @@ async def delete_session(request: Request) -> Response:
         raise NotFound(f"session '{sid}' not found", code="session_not_found")
     await asyncio.shield(gw.sessions.cancel_session(principal.tenant, sid))
     await gw.limits.release_session(principal, sid)
+    await gw.index.forget(principal.tenant, sid)
     return JSONResponse({"session": sid, "deleted": True})
 
 

@@ -265,6 +265,8 @@ class SessionRunner:
         values = await self._inputs(rec, run.deadline)
         engine_body = self._substituted(run.route, run.body, values)
         ctx.latency_critical, ctx.group = await self._analyse(rec)
+        if not self.settings.task_groups:
+            ctx.group = None
         ctx.request_id = rec.id
         shape = prompt_shape(run.route, engine_body, self.settings.prefix_block_bytes)
         ctx.prompt = shape
@@ -330,6 +332,7 @@ class SessionRunner:
                                      code="deadline_exceeded") from exc
             assert outcome.body is not None
             started = t0 + outcome.queued_s
+            rec.first_token_at = None if outcome.ttft_s is None else t0 + outcome.ttft_s
             await self._finish(rec, choice_text(route, outcome.body), outcome.engine,
                                outcome.usage, started)
             return outcome.body
@@ -366,6 +369,7 @@ class SessionRunner:
                     route, engine_body, run.ctx, on_start=on_start, on_usage=usage_seen.append
                 ):
                     parts.append(chunk_text(route, chunk))
+                    rec.first_token_at = rec.first_token_at or (time.time() if parts[-1] else None)
                     queue.put_nowait(chunk)
                 await self._finish(rec, "".join(parts), engine_seen[0] if engine_seen else "",
                                    usage_seen[-1] if usage_seen else None, started[0])

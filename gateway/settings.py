@@ -88,7 +88,7 @@ class Settings(BaseModel):
     # programs inferred from plain traffic (gateway/programs.py)
     infer_programs: bool = Field(
         True, description="Infer programs (agent loops, chats) from plain requests and schedule "
-                          "them as applications (least attained service, engine affinity).",
+                          "them as applications (program age or attained service, engine affinity).",
     )
     program_ttl_s: int = Field(900, gt=0, description="TTL of inferred-program state in Redis.")
     program_order: Literal["age", "las"] = Field(
@@ -98,6 +98,25 @@ class Settings(BaseModel):
     program_link_user: bool = Field(
         True, description="Link plain requests by their `user` field (when API keys name the tenant).",
     )
+    # The scheduling mechanisms, each with a switch (the benchmarks' policy comparison
+    # turns them off one at a time to show what each earns).
+    app_order: bool = Field(
+        True, description="Older applications first: gateway queue order and engine priority."
+    )
+    task_groups: bool = Field(True, description="Siblings of a map stage leave together.")
+    app_window: int = Field(
+        8, ge=0, description="Applications an engine runs at once while prefill dominates (0 = off)."
+    )
+    prefill_budget_chunks: float = Field(
+        1.0, gt=0, description="Unprefilled tokens an engine may hold, in chunked-prefill sizes."
+    )
+    protect_latency: bool = Field(
+        True, description="Keep heavy throughput prefill off engines decoding latency work."
+    )
+    protect_duty: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Prefill share a protected engine still accepts throughput prefill below.",
+    )
     # lifecycle
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period on SIGTERM.")
     workers: int = Field(
@@ -105,6 +124,15 @@ class Settings(BaseModel):
         description="Gateway processes sharing the port (each a replica over the same Redis).",
     )
     log_level: str = Field("info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text or as one JSON object per line."
+    )
+    # session view (/ui)
+    ui_secret: str | None = Field(
+        None, description="HMAC key of signed view links; empty: generated, shared via Redis."
+    )
+    ui_link_ttl_s: int = Field(900, ge=10, le=86400, description="Lifetime of a signed view link.")
+    ui_recent_sessions: int = Field(200, ge=1, le=10000, description="Sessions /ui lists per tenant.")
 
     @field_validator("backend", mode="before")
     @classmethod

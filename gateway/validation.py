@@ -10,7 +10,15 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
 
 from common.errors import BadRequest, PayloadTooLarge
 
@@ -53,6 +61,49 @@ class ChatBody(_Common):
 
 class CompletionBody(_Common):
     prompt: Union[StrictStr, list[StrictStr], list[StrictInt], list[list[StrictInt]]]
+
+
+class SamplingParams(_Open):
+    max_new_tokens: StrictInt | None = Field(None, ge=0, le=1 << 17)
+    n: StrictInt | None = Field(None, ge=1, le=1)
+    temperature: float | None = Field(None, ge=0)
+    stop: Union[StrictStr, list[StrictStr], None] = None
+    json_schema: StrictStr | None = None
+
+
+class GenerateBody(_Open):
+    """SGLang's native ``/generate``, one prompt per request: batches (lists of prompts) and
+    ``n`` > 1 answer with lists, which the gateway would have to schedule as one job; send
+    one request per prompt instead. ``model`` is the gateway's addition (picks engines)."""
+
+    text: Union[StrictStr, list[StrictStr], None] = None
+    input_ids: Union[list[StrictInt], list[list[StrictInt]], None] = None
+    sampling_params: SamplingParams | None = None
+    stream: StrictBool | None = None
+    rid: StrictStr | None = None
+    return_logprob: StrictBool | None = None
+    top_logprobs_num: StrictInt | None = Field(None, ge=0, le=20)
+    model: StrictStr | None = None
+
+
+
+def validate_generate(body: dict[str, Any]) -> GenerateBody:
+    try:
+        parsed = GenerateBody.model_validate(body)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = _param(tuple(err.get("loc", ())))
+        msg = err.get("msg", "invalid value")
+        raise BadRequest(f"invalid '{param}': {msg}", param=param or None) from exc
+    if (parsed.text is None) == (parsed.input_ids is None):
+        raise BadRequest("exactly one of 'text' or 'input_ids' is required", param="text")
+    param = "text" if parsed.text is not None else "input_ids"
+    if isinstance(parsed.text, list) or (parsed.input_ids and isinstance(parsed.input_ids[0], list)):
+        raise BadRequest("a batch (a list of prompts) is not accepted through the gateway: send one "
+                         "request per prompt, so that each is scheduled on its own", param=param)
+    if parsed.input_ids is not None and not parsed.input_ids:
+        raise BadRequest("'input_ids' is empty", param="input_ids")
+    return parsed
 
 
 def _param(loc: tuple[Any, ...]) -> str:

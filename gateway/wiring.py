@@ -25,6 +25,8 @@ from .metrics import Metrics
 from .notifier import Notifier
 from .policy import SchedulerConfig, make_scheduler
 from .programs import Programs, ProgramStore
+from .response_store import ResponseStore
+from .session_index import SessionIndex
 from .session_runner import SessionRunner
 from .settings import Settings
 from .store import SessionStore
@@ -44,6 +46,8 @@ class Gateway:
     limits: RateLimiter
     metrics: Metrics
     programs: Programs
+    responses: ResponseStore
+    index: SessionIndex
     draining: bool = False
 
     def principal(self, request: Request) -> Principal:
@@ -115,6 +119,9 @@ def build_gateway(
             ProgramStore(redis, ttl_s=settings.program_ttl_s), metrics,
             enabled=settings.infer_programs, link_user=settings.program_link_user,
         ),
+        responses=ResponseStore(redis, ttl_s=settings.session_ttl_s),
+        index=SessionIndex(redis, store, ttl_s=settings.session_ttl_s, keep=settings.ui_recent_sessions,
+                           on_new=metrics.sessions.inc),
     )
 
 

@@ -68,13 +68,14 @@ def _worker(settings_json: str, sock: socket.socket, index: int, parent: int) ->
     from .drain import draining_server
 
     settings = Settings.model_validate_json(settings_json)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     app = create_app(settings)
     config = uvicorn.Config(
         app,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
         access_log=False,
+        log_config=None,  # uvicorn's own lines go through our handler (text or JSON)
     )
     logging.getLogger("parrot.workers").info("worker %d (pid %d) serving", index, os.getpid())
     draining_server(config, app.state.gateway).run(sockets=[sock])

@@ -105,4 +105,4 @@ def test_agents_short_run(tmp_path: Path) -> None:
     for name, m in w["systems"].items():
         assert m["failed"] == 0, (name, m["errors"])
         assert m["requests"] > 8 and {"agent", "chat"} <= set(m["by_kind"])
-    assert (tmp_path / "logs" / "gateway-noinfer.log").exists()
+    assert (tmp_path / "logs" / "gateway-plain-noinfer.log").exists()

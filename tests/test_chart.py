@@ -55,7 +55,7 @@ PRODUCTION: dict[str, Any] = {
         "enabled": True,
         "minReplicas": 3,
         "maxReplicas": 12,
-        "customMetric": {"name": "parrot_inflight_requests", "targetAverageValue": "20"},
+        "customMetric": {"name": "parrot_queued_requests", "targetAverageValue": "20"},
     },
     "ingress": {
         "enabled": True,
@@ -68,11 +68,17 @@ PRODUCTION: dict[str, Any] = {
     "apiKeys": {"keys": {SECRET_KEY: {"tenant": "team-a", "rpm": 600, "models": ["*"]}}},
     "gateway": {"drain_timeout_s": 90.5, "max_body_bytes": 1048576, "log_level": "warning"},
 }
+MONITORING: dict[str, Any] = {
+    "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+    "grafana": {"dashboard": {"enabled": True}},
+    "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
+}
 VALUE_SETS: dict[str, dict[str, Any] | None] = {
     "default": None,
     "external-redis": EXTERNAL_REDIS,
     "sglang-tp2": SGLANG_TP2,
     "production": PRODUCTION,
+    "monitoring": MONITORING,
 }
 
 
@@ -153,8 +159,8 @@ def test_every_object_matches_the_kubernetes_schema(chart: Any, name: str) -> No
     for obj in objects:
         assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
         assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
-        if obj["kind"] == "ServiceMonitor":
-            continue  # a CRD: kubernetes-validate has no schema; shape checked below
+        if obj["kind"] in ("ServiceMonitor", "PrometheusRule"):
+            continue  # CRDs: kubernetes-validate has no schema; shapes checked below
         kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
 
 
@@ -229,7 +235,7 @@ def test_production_values_reach_the_settings_file(chart: Any) -> None:
     assert settings["log_level"] == "warning"
 
 
-MANAGED_SETTINGS = {"host", "backend", "redis", "api_keys", "config"}
+MANAGED_SETTINGS = {"host", "backend", "redis", "api_keys", "config", "ui_secret"}
 
 
 @pytest.mark.parametrize("managed", sorted(MANAGED_SETTINGS))
@@ -446,10 +452,13 @@ def test_some_engine_is_required(chart: Any) -> None:
 
 
 def test_default_render_has_no_optional_objects(chart: Any) -> None:
-    kinds = {o["kind"] for o in render(chart)}
+    objects = render(chart)
+    kinds = {o["kind"] for o in objects}
     assert kinds.isdisjoint(
-        {"HorizontalPodAutoscaler", "Ingress", "ServiceMonitor", "PodDisruptionBudget"}
+        {"HorizontalPodAutoscaler", "Ingress", "ServiceMonitor", "PodDisruptionBudget", "PrometheusRule"}
     )
+    components = {o["metadata"]["labels"]["app.kubernetes.io/component"] for o in objects}
+    assert "monitoring" not in components  # no dashboard ConfigMap either
     assert only(render(chart), "Deployment", "gateway")["spec"]["replicas"] == 2
 
 
@@ -465,7 +474,7 @@ def test_production_objects(chart: Any) -> None:
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 12)
     metric_types = [m["type"] for m in hpa["spec"]["metrics"]]
     assert metric_types == ["Resource", "Pods"]
-    assert hpa["spec"]["metrics"][1]["pods"]["metric"]["name"] == "parrot_inflight_requests"
+    assert hpa["spec"]["metrics"][1]["pods"]["metric"]["name"] == "parrot_queued_requests"
 
     ingress = only(objects, "Ingress")
     (rule,) = ingress["spec"]["rules"]

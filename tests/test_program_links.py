@@ -21,9 +21,10 @@ def test_the_measurement_sees_false_links(monkeypatch: pytest.MonkeyPatch) -> No
     """Without the ambiguity rule (last writer wins), identical openers merge conversations:
     the measurement must catch that, or it proves nothing."""
 
-    def last_writer_wins(self: ProgramTable, pid: str, keys: object) -> None:
+    def last_writer_wins(self: ProgramTable, pid: str, keys: object) -> tuple[str, ...]:
         for k in keys:  # type: ignore[attr-defined]
             self.keys[k] = pid
+        return ()
 
     monkeypatch.setattr(ProgramTable, "learn", last_writer_wins)
     m = program_links.measure(conversations=800, seed=1)

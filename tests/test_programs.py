@@ -288,6 +288,7 @@ def test_probes_are_bounded_and_ordered() -> None:
         msgs.append({"role": "tool", "tool_call_id": f"c{i}", "content": "r"})
     q = identify(msgs, user="u")
     kinds = [p.kind for p in q.probes]
-    assert kinds == ["chain"] * 16 + ["tool"] * 16 + ["content"] * 4 + ["user"]
+    # content probes look at the latest 8 messages only (2 user questions among them)
+    assert kinds == ["chain"] * 16 + ["tool"] * 16 + ["content"] * 2 + ["user"]
     assert identify(None).probes == () and identify([]).probes == ()
     assert [p.kind for p in identify(None, user="u").probes] == ["user"]

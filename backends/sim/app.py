@@ -32,7 +32,16 @@ from . import metrics
 from . import protocol as P
 from .config import BANNER, CONTEXT_LENGTH, SimConfig
 from .service import Job, SimService
-from .shapes import ChunkHead, Done, chat_response, completion_response, generate_item, new_id, sse
+from .shapes import (
+    ChunkHead,
+    Done,
+    chat_response,
+    completion_response,
+    generate_item,
+    new_id,
+    openai_only,
+    sse,
+)
 from .shapes import usage as usage_of
 
 log = logging.getLogger("parrot.sim")
@@ -106,29 +115,42 @@ class SimRoutes:
             yield head.chunk([], usage_of(finished, prompt_counted(finished)))
 
     # -- OpenAI-compatible -----------------------------------------------------------
+    @property
+    def sglang(self) -> bool:
+        return self.svc.config.api == "sglang"
+
+    def _openai_parsed(self, parsed: P.Parsed) -> P.Parsed:
+        if not self.sglang:  # a plain OpenAI server knows nothing of SGLang's rid and priority
+            parsed.rids, parsed.priority = None, 0
+        return parsed
+
+    def _shaped(self, obj: dict[str, Any]) -> dict[str, Any]:
+        return obj if self.sglang else openai_only(obj)
+
     async def chat(self, request: Request) -> Response:
-        parsed = P.parse_chat(await self._json(request), self.svc.tok.encode)
+        parsed = self._openai_parsed(P.parse_chat(await self._json(request), self.svc.tok.encode))
         created, model = int(time.time()), self.svc.config.model
         rid = new_id("chatcmpl-") if not parsed.rids else parsed.rids[0]
-        head = ChunkHead(rid, model, created, chat=True)
+        head = ChunkHead(rid, model, created, chat=True, sglang=self.sglang)
         return await self._run(
             request, parsed,
-            lambda done: chat_response(rid, model, created, done, done[:1]),
+            lambda done: self._shaped(chat_response(rid, model, created, done, done[:1])),
             lambda jobs: self._openai_stream(parsed, head, jobs, lambda d: d[:1]),
         )
 
     async def completions(self, request: Request) -> Response:
-        parsed = P.parse_completion(await self._json(request), self.svc.tok.encode)
+        parsed = self._openai_parsed(
+            P.parse_completion(await self._json(request), self.svc.tok.encode))
         created, model = int(time.time()), self.svc.config.model
         rid = new_id("cmpl-") if not parsed.rids else parsed.rids[0]
-        head = ChunkHead(rid, model, created, chat=False)
+        head = ChunkHead(rid, model, created, chat=False, sglang=self.sglang)
 
         def firsts(done: list[Done]) -> list[Done]:  # each prompt counted once, not n times
             return [d for d in done if d.index % parsed.n == 0]
 
         return await self._run(
             request, parsed,
-            lambda done: completion_response(rid, model, created, done, firsts(done)),
+            lambda done: self._shaped(completion_response(rid, model, created, done, firsts(done))),
             lambda jobs: self._openai_stream(parsed, head, jobs, firsts),
         )
 
@@ -204,13 +226,20 @@ class SimRoutes:
                                  media_type="text/plain; version=0.0.4; charset=utf-8")
 
     def routes(self) -> list[Route]:
+        """SGLang's routes; with ``api="openai"`` only those a plain OpenAI server has."""
         get_post = ["GET", "POST"]
-        return [
+        common = [
             Route("/v1/chat/completions", self.chat, methods=["POST"]),
             Route("/v1/completions", self.completions, methods=["POST"]),
-            Route("/generate", self.generate, methods=["POST", "PUT"]),
             Route("/v1/models", self.models, methods=["GET"]),
             Route("/health", self.health, methods=get_post),
+            Route("/metrics", self.metrics, methods=["GET"]),
+        ]
+        if not self.sglang:
+            return common
+        return [
+            *common,
+            Route("/generate", self.generate, methods=["POST", "PUT"]),
             Route("/health_generate", self.health_generate, methods=get_post),
             Route("/get_model_info", self.model_info, methods=["GET"]),
             Route("/model_info", self.model_info, methods=["GET"]),
@@ -220,7 +249,6 @@ class SimRoutes:
             Route("/v1/loads", self.loads, methods=["GET"]),
             Route("/flush_cache", self.flush_cache, methods=get_post),
             Route("/abort_request", self.abort, methods=["POST"]),
-            Route("/metrics", self.metrics, methods=["GET"]),
         ]
 
 

@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--eos-after", type=_range, default=EOS_AFTER, metavar="LO,HI",
                     help="without ignore_eos, outputs end with EOS after LO..HI tokens "
                          "(deterministic in prompt and seed; default %(default)s)")
+    ap.add_argument("--api", choices=["sglang", "openai"], default="sglang",
+                    help="openai: a plain OpenAI-compatible server (no /generate, /get_load, "
+                         "/flush_cache ..., rid/priority ignored, no cached-token details)")
     ap.add_argument("--model", default="sim-llama-3-8b", help="served model name")
     ap.add_argument("--model-path", default=None, help="tokenizer directory to report/create")
     ap.add_argument("--tokenizer", choices=TOKENIZERS, default="cl100k",
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                        kv_capacity_tokens=a.kv_capacity_tokens,
                        chunked_prefill_size=a.chunked_prefill_size, seed=a.seed,
                        model=a.model, host=a.host, port=a.port, model_path=a.model_path,
-                       eos_after=a.eos_after, tokenizer=a.tokenizer)
+                       eos_after=a.eos_after, tokenizer=a.tokenizer, api=a.api)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     app = create_sim_app(config)
     print(f"*** {BANNER} ***\n*** listening on http://{a.host}:{a.port} "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from .engine import EngineConfig
 from .profiles import DEFAULT_PROFILE, get_profile
@@ -34,6 +35,10 @@ class SimConfig:
     eos_after: tuple[int, int] = EOS_AFTER
     """Without ``ignore_eos`` a sequence emits EOS after this many tokens (inclusive range;
     the exact count is drawn from prompt and seed)."""
+    api: Literal["sglang", "openai"] = "sglang"
+    """``openai``: a plain OpenAI-compatible server (like vLLM or llama.cpp): no ``/generate``,
+    ``/get_server_info``, ``/get_load``, ``/flush_cache`` ...; ``rid`` and ``priority`` ignored;
+    no ``matched_stop`` or cached-token details in answers."""
 
     def engine_config(self) -> EngineConfig:
         p = get_profile(self.profile)

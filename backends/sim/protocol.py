@@ -5,18 +5,24 @@ Field names follow SGLang's OpenAI-compatible server (``rid``, ``priority``,
 (``sampling_params``, ``return_logprob``). The fields that change the output are
 ``max_tokens``/``max_completion_tokens``/``max_new_tokens``, ``n``, ``seed``/
 ``sampling_seed``, ``temperature`` (0 is greedy: the seed no longer matters),
-``stop``, ``stop_token_ids``, ``no_stop_trim``, ``ignore_eos`` and the logprob
-requests. Unknown fields are tolerated, as SGLang does, and never change the output.
+``stop``, ``stop_token_ids``, ``no_stop_trim``, ``ignore_eos``, the logprob
+requests, and on chat ``tools``/``tool_choice``/``parallel_tool_calls`` and
+``response_format`` (``/generate``: ``sampling_params.json_schema``), which
+:mod:`agent` turns into tool calls and JSON. Unknown fields are tolerated, as
+SGLang does, and never change the output.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from analysis.chat_template import render_chat
+from analysis.chat_template import content_text, render_chat
 from common.errors import BadRequest
+
+from .agent import AgentSpec, Tool
 
 DEFAULT_MAX_TOKENS = 128  # SGLang's default max_new_tokens for /generate; used everywhere here
 MAX_TOP_LOGPROBS = 20
@@ -57,6 +63,8 @@ class Parsed:
     """Asked for log-probabilities with this many alternatives per token; None: not asked."""
     logprob_text: bool = True
     """``/generate``: token texts in the logprob triples (``return_text_in_logprobs``)."""
+    agent: AgentSpec | None = None
+    """Tools or a response format that shape the output; None: plain text."""
 
 
 def _int(body: dict[str, Any], key: str, default: int | None, lo: int | None = None) -> int | None:
@@ -170,9 +178,81 @@ def parse_chat(body: Any, encode: Callable[[str], list[int]]) -> Parsed:
     logprobs = _bool(body, "logprobs")
     if top and not logprobs:
         raise BadRequest("'logprobs' must be true when 'top_logprobs' is set", param="logprobs")
-    prompt = encode(render_chat(messages))
+    agent = parse_agent(body, messages)
+    prompt = encode(render_chat(messages, tools=body.get("tools") if agent.tools else None))
     return Parsed("chat", [prompt], sampling, n, stream, usage, rids, priority, body.get("model"),
-                  logprobs=top if logprobs else None)
+                  logprobs=top if logprobs else None, agent=agent if agent.active else None)
+
+
+def _tools(v: Any) -> tuple[Tool, ...]:
+    if v is None:
+        return ()
+    if not isinstance(v, list):
+        raise BadRequest("'tools' must be a list", param="tools")
+    out = []
+    for i, t in enumerate(v):
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not isinstance(t, dict) or t.get("type", "function") != "function" or not isinstance(fn, dict):
+            raise BadRequest("each tool must be {'type': 'function', 'function': {...}}",
+                             param=f"tools[{i}]")
+        name, params = fn.get("name"), fn.get("parameters")
+        if not isinstance(name, str) or not name:
+            raise BadRequest("a function needs a 'name'", param=f"tools[{i}].function.name")
+        if params is not None and not isinstance(params, dict):
+            raise BadRequest("'parameters' must be a JSON Schema object",
+                             param=f"tools[{i}].function.parameters")
+        out.append(Tool(name, params if params is not None else {"type": "object", "properties": {}}))
+    return tuple(out)
+
+
+def _tool_choice(v: Any, tools: tuple[Tool, ...]) -> tuple[str, str | None]:
+    if v is None:
+        return "auto", None
+    if v in ("none", "auto", "required"):
+        return str(v), None
+    fn = v.get("function") if isinstance(v, dict) else None
+    name = fn.get("name") if isinstance(fn, dict) else None
+    if not isinstance(name, str):
+        raise BadRequest("'tool_choice' must be 'none', 'auto', 'required' or "
+                         "{'type': 'function', 'function': {'name': ...}}", param="tool_choice")
+    if name not in {t.name for t in tools}:
+        raise BadRequest(f"tool_choice names '{name}', which is not among the tools",
+                         param="tool_choice")
+    return "function", name
+
+
+def _response_format(v: Any) -> tuple[str, Any]:
+    if v is None:
+        return "text", None
+    kind = v.get("type") if isinstance(v, dict) else None
+    if kind in ("text", "structural_tag"):  # structural tags: not simulated, answered as text
+        return "text", None
+    if kind == "json_object":
+        return "json_object", None
+    if kind == "json_schema":
+        js = v.get("json_schema")
+        if not isinstance(js, dict):
+            raise BadRequest("'response_format.json_schema' must be an object",
+                             param="response_format.json_schema")
+        schema = js.get("schema", js.get("schema_", {}))
+        if not isinstance(schema, (dict, bool)):
+            raise BadRequest("'response_format.json_schema.schema' must be a JSON Schema",
+                             param="response_format.json_schema.schema")
+        return "json_schema", schema
+    raise BadRequest("'response_format.type' must be 'text', 'json_object' or 'json_schema'",
+                     param="response_format.type")
+
+
+def parse_agent(body: dict[str, Any], messages: list[dict[str, Any]]) -> AgentSpec:
+    tools = _tools(body.get("tools"))
+    choice, forced = _tool_choice(body.get("tool_choice"), tools)
+    if choice in ("required", "function") and not tools:
+        raise BadRequest("'tool_choice' needs 'tools'", param="tool_choice")
+    fmt, schema = _response_format(body.get("response_format"))
+    parallel = body.get("parallel_tool_calls")
+    last_user = next((m for m in reversed(messages) if m.get("role") == "user"), {})
+    return AgentSpec(tools, choice, forced, parallel is not False, fmt,  # type: ignore[arg-type]
+                     schema, str(messages[-1].get("role")), content_text(last_user.get("content")))
 
 
 def _prompts(v: Any, encode: Callable[[str], list[int]], param: str) -> tuple[list[list[int]], bool]:
@@ -228,4 +308,19 @@ def parse_generate(body: Any, encode: Callable[[str], list[int]]) -> Parsed:
     logprobs = _top(body, "top_logprobs_num") if _bool(body, "return_logprob") else None
     return Parsed("generate", prompts, sampling, n, bool(body.get("stream", False)), False,
                   _rids(body.get("rid")), _int(body, "priority", 0) or 0, None, batch, logprobs,
-                  _bool(body, "return_text_in_logprobs"))
+                  _bool(body, "return_text_in_logprobs"), _json_schema(sp))
+
+
+def _json_schema(sp: dict[str, Any]) -> AgentSpec | None:
+    """SGLang's ``sampling_params.json_schema``: the schema as a JSON string."""
+    raw = sp.get("json_schema")
+    if raw is None:
+        return None
+    try:
+        schema = json.loads(raw) if isinstance(raw, str) else None
+    except ValueError:
+        schema = None
+    if not isinstance(schema, (dict, bool)):
+        raise BadRequest("'sampling_params.json_schema' must be a JSON Schema as a string",
+                         param="sampling_params.json_schema")
+    return AgentSpec(response_format="json_schema", schema=schema)

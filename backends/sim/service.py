@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from analysis.tokenizer import Tokenizer, get_tokenizer
 from common.errors import BadRequest
 
+from .agent import AgentSpec, agent_generate
 from .config import CONTEXT_LENGTH, SimConfig
 from .engine import Engine, EngineRequest, Event
 from .protocol import Parsed, Sampling
@@ -59,10 +60,17 @@ class SimService:
         await self.runner.stop()
 
     # -- intake -------------------------------------------------------------------------
-    def generation(self, prompt: list[int], s: Sampling, j: int) -> Generation:
+    def generation(self, prompt: list[int], s: Sampling, j: int,
+                   agent: AgentSpec | None = None) -> Generation:
         """What choice ``j`` of ``prompt`` will say: greedy ignores the seed; unseeded
-        sampling uses the server's seed; ``ignore_eos`` lets it run to ``max_tokens``."""
+        sampling uses the server's seed; ``ignore_eos`` lets it run to ``max_tokens``;
+        tools and response formats make it an agent's answer (``agent``)."""
         seed = None if s.greedy else (s.seed if s.seed is not None else self.config.seed) + j
+        if agent is not None:
+            gen = agent_generate(self.tok, agent, prompt, s.max_new_tokens, seed, s.stop,
+                                 s.no_stop_trim)
+            if gen is not None:
+                return gen
         eos_after = None if s.ignore_eos else self.config.eos_after
         return generate(self.tok, prompt, s.max_new_tokens, seed, s.stop, s.stop_token_ids,
                         s.no_stop_trim, eos_after)
@@ -70,8 +78,11 @@ class SimService:
     def submit(self, parsed: Parsed) -> list[Job]:
         """Queue ``n`` completions of each prompt; all or none (a bad one aborts the rest)."""
         total = len(parsed.prompts) * parsed.n
-        if parsed.rids is not None and len(parsed.rids) != total:
-            raise BadRequest(f"'rid' needs {total} ids, got {len(parsed.rids)}", param="rid")
+        rids = parsed.rids
+        if rids is not None and len(rids) == 1 and total > 1:  # SGLang: rid "r" -> "r_0", "r_1" ...
+            rids = [f"{rids[0]}_{k}" for k in range(total)]
+        if rids is not None and len(rids) != total:
+            raise BadRequest(f"'rid' needs {total} ids, got {len(rids)}", param="rid")
         s = parsed.sampling
         jobs: list[Job] = []
         try:
@@ -84,8 +95,8 @@ class SimService:
                     )
                 for j in range(parsed.n):
                     k = pi * parsed.n + j
-                    rid = parsed.rids[k] if parsed.rids else new_id()
-                    gen = self.generation(prompt, s, j)
+                    rid = rids[k] if rids else new_id()
+                    gen = self.generation(prompt, s, j, parsed.agent)
                     lps = (token_logprobs(self.tok, gen.token_ids, parsed.logprobs)
                            if parsed.logprobs is not None else None)
                     req = EngineRequest(rid, prompt, gen.token_ids, parsed.priority,
@@ -103,7 +114,7 @@ class SimService:
         """``job`` as shaped so far: ``produced`` tokens; an aborted one is cut there."""
         gen = job.gen
         if aborted:
-            gen = Generation(gen.token_ids[:produced], gen.pieces[:produced], "abort")
+            gen = gen.cut(produced, "abort")
         return Done(job.rid, job.index, len(job.prompt), cached, gen, produced,
                     time.monotonic() - job.started, job.logprobs)
 

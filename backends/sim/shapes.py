@@ -136,8 +136,9 @@ def chat_response(rid: str, model: str, created: int, done: Sequence[Done],
         "choices": [
             {
                 "index": d.index,
-                "message": {"role": "assistant", "content": d.gen.text,
-                            "reasoning_content": None, "tool_calls": None},
+                "message": {"role": "assistant",
+                            "content": None if d.gen.calls and not d.gen.text else d.gen.text,
+                            "reasoning_content": None, "tool_calls": d.gen.tool_calls(d.produced)},
                 "logprobs": chat_logprobs(d),
                 "finish_reason": d.gen.finish_reason,
                 "matched_stop": d.gen.matched_stop,
@@ -167,6 +168,18 @@ def completion_response(rid: str, model: str, created: int, done: Sequence[Done]
 # -- stream chunks ----------------------------------------------------------------------------
 
 
+def openai_only(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` without SGLang's extra response fields (``matched_stop``, cached-token details),
+    as a plain OpenAI-compatible server (vLLM by default, llama.cpp) answers."""
+    for c in obj.get("choices") or ():
+        c.pop("matched_stop", None)
+        if isinstance(c.get("message"), dict):
+            c["message"].pop("reasoning_content", None)
+    if isinstance(obj.get("usage"), dict):
+        obj["usage"].pop("prompt_tokens_details", None)
+    return obj
+
+
 @dataclass(frozen=True)
 class ChunkHead:
     """What every chunk of one streamed OpenAI response repeats."""
@@ -175,19 +188,28 @@ class ChunkHead:
     model: str
     created: int
     chat: bool
+    sglang: bool = True
+    """False: shaped as a plain OpenAI-compatible server (:func:`openai_only`)."""
 
     def chunk(self, choices: list[Any], usage: Any = None) -> str:
         obj = "chat.completion.chunk" if self.chat else "text_completion"
-        return sse({"id": self.rid, "object": obj, "created": self.created, "model": self.model,
-                    "choices": choices, "usage": usage})
+        body = {"id": self.rid, "object": obj, "created": self.created, "model": self.model,
+                "choices": choices, "usage": usage}
+        return sse(body if self.sglang else openai_only(body))
 
     def role(self, index: int) -> str:
         return self.chunk([{"index": index, "delta": {"role": "assistant", "content": ""},
                             "logprobs": None, "finish_reason": None}])
 
     def token(self, d: Done, i: int) -> str | None:
-        """The chunk of token ``i`` of ``d``; None when it adds no text."""
+        """The chunk of token ``i`` of ``d``; None when it adds no text and no tool call."""
         piece = d.gen.pieces[i]
+        if self.chat and d.gen.calls and not piece:
+            calls = d.gen.call_deltas(i)
+            if not calls:
+                return None
+            return self.chunk([{"index": d.index, "delta": {"tool_calls": calls},
+                                "logprobs": None, "finish_reason": None}])
         if not piece:
             return None
         if self.chat:

@@ -31,7 +31,7 @@ the tests and README use without ``ignore_eos``, so those get exactly ``max_toke
 _EOS_IDS = {"cl100k_base": 100257}  # <|endoftext|>; the byte fallback tokenizer uses 0 (NUL)
 
 
-_WORDS = (
+WORDS = (
     "the of and to in is that it was for on are as with his they at be this from have or "
     "by one had not but what all were when we there can an your which their said if do will "
     "each about how up out them then she many some so these would other into has more her two "
@@ -54,19 +54,65 @@ _WORDS = (
 
 
 @dataclass(frozen=True)
+class CallSpan:
+    """One tool call inside a generation's tokens (see ``agent``)."""
+
+    index: int
+    id: str
+    name: str
+    head: int
+    """The token whose arrival completes the call's opening: its name is known from then on."""
+    fragments: tuple[tuple[int, str], ...]
+    """(token index, text it adds to the arguments), in token order."""
+
+    def arguments(self, produced: int) -> str:
+        """The arguments text once ``produced`` tokens are out (partial when cut short)."""
+        return "".join(f for i, f in self.fragments if i < produced)
+
+
+@dataclass(frozen=True)
 class Generation:
     token_ids: list[int]
     """Tokens produced (up to and including a matched stop token, EOS or stop string)."""
     pieces: list[str]
     """Text each token contributes to the visible output (stop string trimmed)."""
     finish_reason: str
-    """``"length"``, ``"stop"`` or (when cut short) ``"abort"``."""
+    """``"length"``, ``"stop"``, ``"tool_calls"`` or (when cut short) ``"abort"``."""
     matched_stop: str | int | None = None
     """The stop string, or the id of the stop token or EOS, that ended it."""
+    calls: tuple[CallSpan, ...] = ()
+    """Tool calls the tokens spell (their text is not content: ``pieces`` are empty there)."""
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
+
+    def cut(self, produced: int, finish_reason: str) -> Generation:
+        """The first ``produced`` tokens of this generation, ended by ``finish_reason``."""
+        return Generation(self.token_ids[:produced], self.pieces[:produced], finish_reason, None,
+                          tuple(c for c in self.calls if c.head < produced))
+
+    def tool_calls(self, produced: int | None = None) -> list[dict[str, object]] | None:
+        """OpenAI ``message.tool_calls`` once ``produced`` tokens are out; None without calls."""
+        end = len(self.token_ids) if produced is None else produced
+        calls = [c for c in self.calls if c.head < end]
+        if not calls:
+            return None
+        return [{"id": c.id, "type": "function",
+                 "function": {"name": c.name, "arguments": c.arguments(end)}} for c in calls]
+
+    def call_deltas(self, i: int) -> list[dict[str, object]]:
+        """The streamed ``delta.tool_calls`` entries token ``i`` brings (OpenAI/SGLang shape:
+        the opening with id, type, name and empty arguments, then argument fragments)."""
+        out: list[dict[str, object]] = []
+        for c in self.calls:
+            if c.head == i:
+                out.append({"index": c.index, "id": c.id, "type": "function",
+                            "function": {"name": c.name, "arguments": ""}})
+            for j, frag in c.fragments:
+                if j == i and frag:
+                    out.append({"index": c.index, "function": {"arguments": frag}})
+        return out
 
     @cached_property
     def offsets(self) -> list[int]:
@@ -95,7 +141,7 @@ class _Vocab:
 @lru_cache(maxsize=4)
 def _vocab(tok: Tokenizer) -> _Vocab:
     words = []
-    for w in _WORDS:
+    for w in WORDS:
         ids = tok.encode(" " + w)
         if len(ids) == 1:
             words.append(ids[0])
@@ -111,6 +157,11 @@ def _vocab(tok: Tokenizer) -> _Vocab:
 
 def eos_token_id(tok: Tokenizer) -> int:
     return _EOS_IDS.get(tok.name, 0)
+
+
+def rng_for(prompt_ids: Sequence[int], seed: int | None, salt: str) -> random.Random:
+    """A generator drawn from (prompt, seed): same request, same draws; ``salt`` separates uses."""
+    return random.Random(_digest(prompt_ids, seed) + salt.encode())
 
 
 def _digest(prompt_ids: Sequence[int], seed: int | None) -> bytes:

@@ -16,13 +16,14 @@ from gateway.settings import Settings
 
 SCHEMA = Path(__file__).resolve().parents[1] / "parrot-gateway" / "values.schema.json"
 MANAGED = {"host", "backend", "redis", "api_keys", "config"}  # set by the chart itself
+SECRET = {"ui_secret"}  # never in the ConfigMap: PARROT_UI_SECRET from a Secret, via extraEnv
 
 
 def gateway_properties() -> dict[str, dict[str, object]]:
     props = Settings.model_json_schema()["properties"]
     out = {}
     for name in props:
-        if name in MANAGED:
+        if name in MANAGED | SECRET:
             continue
         out[name] = {k: v for k, v in props[name].items() if k not in ("title", "default")}
     return out

@@ -152,8 +152,10 @@ class Scheduler:
         rec = _Rec(job, job.prefix_hashes, tpb)
         self._recs[job.id] = rec
         cost = job.prompt_tokens * self.config.prefill_token_weight + job.max_tokens
-        if job.attained is not None:
-            order: tuple[float, ...] = (0.0, job.attained, now)  # least attained service first
+        if not self.config.app_order:
+            order: tuple[float, ...] = (1.0, now)
+        elif job.attained is not None:
+            order = (0.0, job.attained, now)  # least attained service first
         else:
             started = job.app_started if job.app_started is not None else now
             order = (1.0, started, -job.downstream_s)
@@ -522,7 +524,7 @@ class Scheduler:
         if job.attained is not None:
             lost = int(job.attained * cfg.attained_priority_per_token)
             return cfg.age_priority_cap - min(cfg.age_priority_cap, lost)
-        if job.app_started is None:
+        if job.app_started is None or not cfg.app_order:
             return 0
         return min(cfg.age_priority_cap, max(0, int((now - job.app_started) * cfg.age_priority_per_s)))
 

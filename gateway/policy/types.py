@@ -82,6 +82,7 @@ class SchedulerConfig:
     age_priority_per_s: float = 10.0
     age_priority_cap: int = 999
     attained_priority_per_token: float = 0.02  # programs: priority lost per token of service
+    app_order: bool = True  # False: FIFO inside a tenant and no age priority (comparisons)
     prefill_token_weight: float = 0.05  # cost of one uncached prompt token vs one output token
     external_request_work: float = 128.0  # work assumed per request we did not send (on_load)
     max_skips: int = 64  # unplaceable queue heads (pin/avoid/KV/admission) passed over per schedule()
@@ -115,7 +116,7 @@ class SchedulerConfig:
     #   protected at once.
     protect_latency: bool = True
     protect_prefill_tokens: int = 512
-    protect_duty: float = 0.35  # ... unless its recent prefill duty is below this
+    protect_duty: float = 0.5  # ... unless its recent prefill duty is below this
     protect_frac: float = 0.5
 
     def engine_capacity(self, advertised: int) -> int:
@@ -133,7 +134,8 @@ class SchedulerConfig:
             "balance_rel_threshold": settings.balance_rel_threshold,
             "max_inflight_per_engine": settings.max_inflight_per_engine,
         }
-        for name in ("prefill_budget_chunks", "app_window", "protect_latency", "protect_duty"):
+        for name in ("prefill_budget_chunks", "app_window", "protect_latency", "protect_duty",
+                     "app_order"):
             if hasattr(settings, name):
                 values[name] = getattr(settings, name)
         values.update(overrides)

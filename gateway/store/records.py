@@ -72,6 +72,7 @@ class RequestRecord:
     created_at: float = 0.0
     ready_at: float | None = None  # all inputs ready
     started_at: float | None = None  # sent to an engine
+    first_token_at: float | None = None  # first generated token (streamed engine calls)
     finished_at: float | None = None
     error: str | None = None
     replica: str | None = None  # gateway replica that owns it

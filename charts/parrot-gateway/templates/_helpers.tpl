@@ -82,6 +82,9 @@ host backend redis api_keys config
 
 {{/* The gateway settings file (YAML); validates gateway.* first. */}}
 {{- define "parrot-gateway.settingsFile" -}}
+{{- if hasKey .Values.gateway "ui_secret" }}
+{{- fail "gateway.ui_secret would land in a ConfigMap: leave it unset (replicas share a generated key through Redis) or pass PARROT_UI_SECRET from a Secret via extraEnv" }}
+{{- end }}
 {{- range $k := splitList " " (include "parrot-gateway.managedSettings" .) }}
 {{- if hasKey $.Values.gateway $k }}
 {{- fail (printf "gateway.%s is set by the chart (see redis.*, sglang.*, engines.external, apiKeys.*); remove it from gateway.*" $k) }}
