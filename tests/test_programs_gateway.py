@@ -171,3 +171,23 @@ def test_switched_off_and_redis_down_schedule_as_before(redis_url: str) -> None:
         text = httpx.get(s.url + "/metrics").text
         assert 'parrot_program_requests_total{result="unplaced"} 1.0' in text
         assert 'parrot_program_store_errors_total{op="link"} 1.0' in text
+
+
+def test_responses_conversation_and_generate_hint(stack: Stack) -> None:
+    """A Responses API conversation (previous_response_id) is one program; /generate only
+    joins one when it is named."""
+    client = sdk(stack.url)
+    model = model_of(client)
+    first = client.responses.with_raw_response.create(
+        model=model, input="Tell me about tides, please.", max_output_tokens=8)
+    second = client.responses.with_raw_response.create(
+        model=model, input="And waves?", max_output_tokens=8, previous_response_id=first.parse().id)
+    pid = first.headers["x-parrot-program"]
+    assert second.headers["x-parrot-program"] == pid
+    assert program(stack.url, pid).json()["links"] == {"new": 1, "chain": 1}
+    r = httpx.post(stack.url + "/generate", headers={"X-Parrot-Program": pid},
+                   json={"text": "raw prompt", "sampling_params": {"max_new_tokens": 4}})
+    assert r.status_code == 200 and r.headers["x-parrot-program"] == pid
+    plain = httpx.post(stack.url + "/generate",
+                       json={"text": "raw", "sampling_params": {"max_new_tokens": 2}})
+    assert plain.status_code == 200 and "x-parrot-program" not in plain.headers
