@@ -48,6 +48,8 @@ from dataclasses import dataclass, field, replace
 from hashlib import blake2b
 from typing import Any
 
+import orjson
+
 from .messages import content_text
 
 __all__ = [
@@ -81,15 +83,18 @@ _SEP, _END, _PART = b"\x1f", b"\x1e", b"\x1d"
 # ------------------------------------------------------------------ canonical form
 
 
-def canonical_args(args: Any) -> str:
+def canonical_args(args: Any) -> bytes:
     """Tool-call arguments as canonical JSON (clients re-serialise them: LangChain parses
     and re-dumps with spaces); a string that is not JSON stays as it is."""
     if isinstance(args, str):
         try:
-            args = json.loads(args)
-        except ValueError:
-            return args.strip()
-    return json.dumps(args, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+            args = orjson.loads(args)
+        except orjson.JSONDecodeError:
+            return args.strip().encode()
+    try:
+        return orjson.dumps(args, option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    except TypeError:
+        return json.dumps(args, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
 def _content(content: Any) -> str:
@@ -117,11 +122,11 @@ def _calls(message: Mapping[str, Any], with_ids: bool = True) -> list[bytes]:
             fn = c.get("function") if isinstance(c.get("function"), Mapping) else {}
             head = str(c.get("id") or "") if with_ids else ""
             out.append(_SEP.join((head.encode(), str(fn.get("name", "")).encode(),
-                                  canonical_args(fn.get("arguments")).encode())))
+                                  canonical_args(fn.get("arguments")))))
     legacy = message.get("function_call")
     if isinstance(legacy, Mapping):
         out.append(b"fc" + _SEP + str(legacy.get("name", "")).encode() + _SEP
-                   + canonical_args(legacy.get("arguments")).encode())
+                   + canonical_args(legacy.get("arguments")))
     return out
 
 
