@@ -18,8 +18,8 @@ answer makes linkable with the step's usage; queued writes leave as one
 pipeline per event-loop turn (``DONE`` per step), off the request's path, and a
 ``LINK`` probing a key still queued here waits for it. Keys that turn ambiguous
 (two programs answered an identical transcript) are PUBLISHed by ``DONE``;
-every replica listens and drops them from its cache (after a lost connection it
-drops every cached key), so a replica's cache never links what the store would
+every replica listens and drops them from its cache (on subscribing again after a
+lost connection it drops every cached key), so a replica's cache never links what the store would
 call ambiguous for longer than that message takes.
 
 Key layout, one hash tag per tenant (Redis Cluster keeps a tenant's programs in
@@ -300,22 +300,27 @@ class ProgramStore:
             self._listener = None
 
     async def _listen(self) -> None:
-        """Subscribe to the ambiguity channel; after a lost connection (messages may have
-        been missed) the cache forgets every key before listening again."""
+        """Subscribe to the ambiguity channel. Messages may be missed while the subscription
+        is down, so on subscribing again after a loss the cache forgets every key (as the
+        session notifier wakes every waiter); while Redis is unreachable nobody can publish
+        through it, so the cache keeps serving meanwhile."""
         backoff = 0.1
+        lost = False
         while True:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self.channel)
-                backoff = 0.1
+                if lost and self.cache is not None:
+                    self.cache.forget_keys()
+                lost, backoff = False, 0.1
                 while True:
                     msg = await pubsub.get_message(timeout=5.0)
                     if msg is not None and self.cache is not None:
                         self._heard(msg.get("data"))
             except (RedisError, OSError) as exc:
-                log.warning("program ambiguity channel lost (%s); cache keys dropped", type(exc).__name__)
-                if self.cache is not None:
-                    self.cache.forget_keys()
+                if not lost:
+                    log.warning("program ambiguity channel lost (%s)", type(exc).__name__)
+                lost = True
                 await asyncio.sleep(backoff)
                 backoff = min(5.0, backoff * 2)
             finally:
