@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from .agents import run_script
 from .services import Services
 from .workloads import App, Workload, critical_path, topo_order
 
@@ -51,8 +52,41 @@ def model_request_s(profile_name: str, prompt_tokens: int, output_tokens: int) -
     return total
 
 
+async def _measure_script(svc: Services, client: httpx.AsyncClient, app: App, model: str,
+                          time_scale: float) -> dict[str, Any]:
+    """A program of turns (``agents``): each turn alone on the flushed engine, in order; the
+    bound is their sum (each turn needs the previous answer)."""
+    cost: dict[str, float] = {}
+    model_cost: dict[str, float] = {}
+
+    async def call(body: dict[str, Any]) -> dict[str, Any]:
+        await svc.flush(client)
+        t0 = time.perf_counter()
+        r = await client.post(svc.engines[0] + "/v1/chat/completions", json=body)
+        dt = time.perf_counter() - t0
+        r.raise_for_status()
+        data: dict[str, Any] = r.json()
+        name = f"t{len(cost)}"
+        cost[name] = dt / time_scale
+        usage = data.get("usage") or {}
+        if svc.simulated:
+            m = model_request_s(svc.profile, int(usage.get("prompt_tokens") or 0),
+                                int(usage.get("completion_tokens") or body["max_tokens"]))
+            if m is not None:
+                model_cost[name] = m
+        return data
+
+    await run_script(app.script, model, call)
+    entry: dict[str, Any] = {"bound_s": sum(cost.values()), "path": list(cost), "step_s": cost}
+    if len(model_cost) == len(cost):
+        entry["bound_model_s"] = sum(model_cost.values())
+    return entry
+
+
 async def _measure_shape(svc: Services, client: httpx.AsyncClient, app: App, model: str,
                          time_scale: float) -> dict[str, Any]:
+    if app.script is not None:
+        return await _measure_script(svc, client, app, model, time_scale)
     values: dict[str, str] = {}
     cost: dict[str, float] = {}
     model_cost: dict[str, float] = {}

@@ -31,6 +31,8 @@ ALL = list(WORKLOADS)
 # Benchmarks of their own shape: proxy overhead, and plain chat traffic in a closed loop.
 SPECIAL = ("overhead", "plain")
 DEFAULT_SYSTEMS = "baseline,gateway-plain,gateway,sglang-router"
+# agents: unmodified clients only (no semantic form), with and without program inference
+AGENT_SYSTEMS = "baseline,sglang-router,gateway-plain,gateway-plain-noinfer"
 
 
 def _rates(text: str | None) -> list[float | None]:
@@ -44,9 +46,9 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("workloads", nargs="+", metavar="WORKLOAD",
                    help=f"{', '.join(ALL)}, {', '.join(SPECIAL)}, or all")
-    p.add_argument("--systems", default=DEFAULT_SYSTEMS,
-                   help=f"comma-separated (default {DEFAULT_SYSTEMS}; "
-                        "sglang-router skipped if smg is missing)")
+    p.add_argument("--systems", default=None,
+                   help=f"comma-separated (default {DEFAULT_SYSTEMS}; for agents alone "
+                        f"{AGENT_SYSTEMS}; sglang-router skipped if smg is missing)")
     p.add_argument("--engines", type=int, default=2, help="simulated engines to start (default 2)")
     p.add_argument("--time-scale", type=float, default=1.0,
                    help="wall time per engine second of the simulated engines (default 1.0; smaller "
@@ -118,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"unknown workload(s): {', '.join(unknown)}; known: {', '.join(ALL)}, "
               f"{', '.join(SPECIAL)}, all", file=sys.stderr)
         return 2
+    if args.systems is None:
+        only_agents = [w for w in names if w not in SPECIAL] == ["agents"]
+        args.systems = AGENT_SYSTEMS if only_agents else DEFAULT_SYSTEMS
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     from .systems import SYSTEMS
 
@@ -213,9 +218,10 @@ def _run_workloads(args: argparse.Namespace, workloads: list[str], systems: list
             console.print(f"[yellow]{svc.router_note}[/yellow]")
         if any(s.endswith("-2r") for s in systems) and not svc.start_replicas(2):
             console.print(f"[yellow]{svc.replicas_note}[/yellow]")
-        from .systems import VARIANTS
+        from .systems import PLAIN_VARIANTS, VARIANTS
 
-        svc.start_variants({s: VARIANTS[s] for s in systems if s in VARIANTS})
+        every = {**VARIANTS, **PLAIN_VARIANTS}
+        svc.start_variants({s: every[s] for s in systems if s in every})
         svc.pin()
         time.sleep(1.0)  # let freshly started processes settle (imports, first health checks)
         with PinnedHarness(cfg.affinity):

@@ -124,6 +124,7 @@ PROXY_ROLES: dict[str, tuple[str, ...]] = {
     "gateway-2r": REPLICA_ROLES, "gateway-plain-2r": REPLICA_ROLES,
     "gateway-fifo": ("gateway-fifo",), "gateway-nogroups": ("gateway-nogroups",),
     "gateway-nowindow": ("gateway-nowindow",), "gateway-noadmission": ("gateway-noadmission",),
+    "gateway-plain-noinfer": ("gateway-plain-noinfer",),
 }
 
 

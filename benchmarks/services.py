@@ -172,7 +172,8 @@ class Services:
             return False
         port = free_port()
         cmd = [binary, "launch", "--host", "127.0.0.1", "--port", str(port), "--policy", "cache_aware",
-               "--log-level", "warn", "--worker-urls", *self.engines]
+               "--log-level", "warn", "--prometheus-port", str(free_port()),
+               "--worker-urls", *self.engines]
         if self.model_path:
             cmd += ["--tokenizer-path", self.model_path]
         proc = self._spawn("smg", cmd)

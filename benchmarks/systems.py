@@ -40,6 +40,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from .agents import run_script
 from .httpclient import AiohttpClient, HttpClient, HttpError, Response
 from .workloads import App, Step
 
@@ -56,8 +57,12 @@ VARIANTS: dict[str, dict[str, str]] = {
         "PARROT_PROTECT_LATENCY": "false",
     },
 }
+# Plain clients through a gateway with one setting changed (agents: program inference off).
+PLAIN_VARIANTS: dict[str, dict[str, str]] = {
+    "gateway-plain-noinfer": {"PARROT_INFER_PROGRAMS": "false"},
+}
 SYSTEMS = ("baseline", "gateway-plain", "gateway", "sglang-router", "gateway-2r", "gateway-plain-2r",
-           *VARIANTS)
+           *VARIANTS, *PLAIN_VARIANTS)
 # gateway-2r / gateway-plain-2r: the same clients through two gateway replicas (one Redis)
 # behind HAProxy round robin: what scale-out costs.
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -251,6 +256,8 @@ class ClientOrchestrated(_Client):
         self.engine_of_url = engine_of_url
 
     async def run_app(self, app: App, scheduled: float | None = None) -> AppResult:
+        if app.script is not None:
+            return await self._run_script(app, scheduled)
         start = time.time()
         res = AppResult(app.instance, app.kind, app.tenant, scheduled or start, start, start,
                         app.output_tokens)
@@ -286,6 +293,38 @@ class ClientOrchestrated(_Client):
         except Exception as exc:  # noqa: BLE001 - reported per app, the run goes on
             for t in tasks:
                 t.cancel()
+            res.error = f"{type(exc).__name__}: {exc}"
+        res.end = time.time()
+        return res
+
+    async def _run_script(self, app: App, scheduled: float | None) -> AppResult:
+        """A program an unmodified client runs turn by turn (``agents``): each turn is
+        sent once the previous answer arrived (its tool results appended at once)."""
+        start = time.time()
+        res = AppResult(app.instance, app.kind, app.tenant, scheduled or start, start, start,
+                        app.output_tokens)
+        ready = start
+
+        async def call(body: dict[str, Any]) -> dict[str, Any]:
+            nonlocal ready
+            i = len(res.requests)
+            url = next(self._rr)
+            sent = time.time()
+            reply, issued = await self.call("POST", url + "/v1/chat/completions", body)
+            received = time.time()
+            if reply.status != 200:
+                raise StepFailed(f"{self.name} turn {i}: HTTP {reply.status} {str(reply.data)[:200]}")
+            pt, ct, cpt = _usage(reply.data)
+            engine = url if self.engine_of_url else reply.headers.get("x-parrot-engine")
+            res.requests.append(RequestTiming(
+                app.instance, f"t{i}", app.steps[i].stage, sent, received, engine, pt, ct, cpt,
+                ready=ready, issued=issued, send_lag_ms=_lag_ms(issued, ready, self.half_rtt)))
+            ready = received
+            return reply.data
+
+        try:
+            await run_script(app.script, self.model, call)
+        except Exception as exc:  # noqa: BLE001 - reported per app, the run goes on
             res.error = f"{type(exc).__name__}: {exc}"
         res.end = time.time()
         return res
@@ -356,6 +395,12 @@ class GatewayDag(_Client):
                              first_token=reply.first_token)
 
     async def run_app(self, app: App, scheduled: float | None = None) -> AppResult:
+        if app.script is not None:
+            # An unmodified client's program has no semantic-variable form (its prompts are
+            # its transcript so far): it runs as it would through gateway-plain.
+            plain = ClientOrchestrated(self.name, self.http, [self.url], self.model, 2 * self.half_rtt,
+                                       engine_of_url=False)
+            return await plain.run_app(app, scheduled)
         sid = f"{app.instance}-{uuid.uuid4().hex[:8]}"
         start = time.time()
         res = AppResult(app.instance, app.kind, app.tenant, scheduled or start, start, start,
@@ -438,6 +483,9 @@ def make_system(name: str, http: Http, *, engines: list[str], gateway: str | Non
     if name == "gateway-2r":
         assert replicas
         return GatewayDag(name, http, url=replicas, model=model, rtt_s=rtt_s)
+    if name in PLAIN_VARIANTS:
+        assert variants and name in variants
+        return ClientOrchestrated(name, http, [variants[name]], model, rtt_s, engine_of_url=False)
     if name == "gateway-plain-2r":
         assert replicas
         return ClientOrchestrated(name, http, [replicas], model, rtt_s, engine_of_url=False)

@@ -18,14 +18,18 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from typing import Any
 
 from analysis.tokenizer import get_tokenizer
 
-WORKLOADS = ("chain", "map-reduce", "shared-prompt", "multi-agent", "mixed", "mixed-heavy")
+from .agents import SIZES as AGENT_SIZES
+from .agents import make_script, script_shape
+
+WORKLOADS = ("chain", "map-reduce", "shared-prompt", "multi-agent", "mixed", "mixed-heavy", "agents")
 SIZES = ("small", "full")
 # Workloads whose apps can be drawn one by one, for closed loops and rate sweeps (``mixed``
 # is a fixed timeline from the paper: a chat stream and batch apps at set offsets).
-SWEEPABLE = ("chain", "map-reduce", "shared-prompt", "multi-agent", "mixed-heavy")
+SWEEPABLE = ("chain", "map-reduce", "shared-prompt", "multi-agent", "mixed-heavy", "agents")
 _PLACEHOLDER = re.compile(r"\{\{([A-Za-z_][A-Za-z0-9_]{0,63})\}\}")
 
 # Common English words, each one token with a leading space (tests/test_bench.py checks).
@@ -121,6 +125,10 @@ class App:
     tenant: str = "default"
     shape: str = ""
     """Instances with equal shape have equal step lengths (the bound is measured once)."""
+    script: Any = None
+    """``agents.Script``: a program an unmodified client runs turn by turn (its transcript
+    grows with every answer), instead of a DAG of fixed prompts; ``steps`` then only
+    name its turns."""
 
     def step(self, name: str) -> Step:
         for s in self.steps:
@@ -130,6 +138,8 @@ class App:
 
     @property
     def output_tokens(self) -> int:
+        if self.script is not None:
+            return int(self.script.output_tokens)
         return sum(self.step(f).max_tokens for f in self.finals)
 
 
@@ -228,6 +238,8 @@ _SIZES: dict[str, dict[str, dict[str, float]]] = {
                   "chat_max_prompt": 384, "chat_max_total": 640},
     },
 }
+_SIZES["agents"] = {size: {**AGENT_SIZES[size], "apps": 40 if size == "full" else 12,
+                           "rate": 1.0 if size == "full" else 4.0} for size in AGENT_SIZES}
 # Chat lengths are drawn from a ShareGPT-like log-normal and snapped to these buckets, so
 # that the critical-path bound is measured for a handful of shapes, not one per chat.
 CHAT_PROMPT_BUCKETS = (64, 128, 256, 512, 1024)
@@ -332,6 +344,14 @@ def chat_app(instance: str, seed: int, prompt: int, out: int, tenant: str = "cha
                tenant, shape=f"chat:{prompt}:{out}")
 
 
+def agents_app(i: int, seed: int, size: str) -> App:
+    """One program of the ``agents`` workload (see ``benchmarks/agents.py``)."""
+    kind, script = make_script(i, seed, size, synthetic_text, _seed)
+    steps = tuple(Step(f"t{k}", "", t.max_tokens, stage=t.kind) for k, t in enumerate(script.turns))
+    return App(kind, f"agents-{i}", steps, (steps[-1].name,), "default",
+               shape=script_shape(kind, size, script), script=script)
+
+
 def _snap(x: float, buckets: tuple[int, ...]) -> int:
     """The bucket nearest to ``x`` on a log scale."""
     return min(buckets, key=lambda b: abs(math.log(b / max(x, 1.0))))
@@ -374,6 +394,8 @@ def app_maker(name: str, size: str = "small", seed: int = 0) -> Callable[[int], 
             return multi_agent_app(inst, seed, tenant=tenant, **{k: int(v) for k, v in p.items()})  # type: ignore[arg-type]
         if name == "shared-prompt":
             return gpts_app(f"gpts-{i}", seed, i % 4, p["scale"], tenant=f"app{i % 4}")
+        if name == "agents":
+            return agents_app(i, seed, size)
         # mixed-heavy: batch apps alternate map-reduce / multi-agent, two batch tenants
         if i % 2 == 0:
             mr = size_params("map-reduce", size)
@@ -395,6 +417,12 @@ def build_workload(name: str, size: str = "small", seed: int = 0, apps: int | No
         raise ValueError(f"unknown workload {name!r}; known: {', '.join(WORKLOADS)}")
     p = size_params(name, size)
     rng = random.Random(_seed(seed, name, size, apps, rate))
+    if name == "agents":
+        n = apps if apps is not None else int(p["apps"])
+        make = app_maker(name, size, seed)
+        times = poisson_times(n, rate if rate else p["rate"], rng)
+        return Workload(name, size, [Arrival(t, make(i)) for i, t in enumerate(times)],
+                        {**p, "apps": n, "rate": rate if rate else p["rate"]})
     if name in ("chain", "map-reduce", "multi-agent"):
         n = apps if apps is not None else 1
         make = app_maker(name, size, seed)

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backends.base import Engine
 from common.errors import ParrotError
 
-from . import generate_route, logs, openai_routes, responses_api, session_routes
+from . import generate_route, logs, openai_routes, program_routes, responses_api, session_routes
 from .metrics import Metrics
 from .settings import Settings
 from .ui import routes as ui_routes
@@ -115,6 +115,8 @@ def _route_label(scope: Scope) -> str:
         return "/v1/sessions/{sid}/variables" if "/variables/" in path else "/v1/sessions/{sid}"
     if path.startswith("/v1/models/"):
         return "/v1/models/{model}"
+    if path.startswith("/v1/programs/"):
+        return "/v1/programs/{id}"
     if path.startswith("/v1/responses/"):
         return "/v1/responses/{id}"
     known = {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/responses", "/generate",
@@ -160,6 +162,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gw.notifier.start()
+        gw.programs.store.start()
         await gw.pool.start()
         if not gw.pool.healthy():
             log.warning("no engine answered its first health check; will keep trying")
@@ -168,6 +171,7 @@ def create_app(
         finally:
             gw.draining = True
             await gw.sessions.drain(gw.settings.drain_timeout_s)
+            await gw.programs.store.stop()
             await gw.pool.stop()
             await gw.notifier.stop()
             await gw.redis.aclose()
@@ -180,6 +184,7 @@ def create_app(
         *responses_api.routes,
         *generate_route.routes,
         *session_routes.routes,
+        *program_routes.routes,
         *ui_routes.routes,
         Route("/health", health, methods=["GET"]),
         Route("/ready", ready, methods=["GET"]),

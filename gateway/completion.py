@@ -69,6 +69,8 @@ class RequestContext:
     prompt: PromptShape | None = None  # already measured (semantic requests)
     app_started: float | None = None  # wall time its application (session) started
     downstream_s: float = 0.0  # estimated work after it on its application's critical path
+    attained: float | None = None  # inferred programs: tokens its program was served so far
+    affinity: tuple[str, int] | None = None  # (engine, tokens) believed cached there (programs)
 
 
 def prompt_shape(route: str, body: JSON, block_bytes: int) -> PromptShape:
@@ -140,6 +142,8 @@ class Completions:
             weight=ctx.weight,
             avoid=avoid,
             downstream_s=ctx.downstream_s,
+            attained=ctx.attained,
+            affinity=ctx.affinity,
             app_started=None if ctx.app_started is None
             else self.dispatcher.clock() - max(0.0, time.time() - ctx.app_started),
         )

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from common.errors import NotFound
 from common.serving import finished_before_disconnect
 
+from . import program_routes as programs
 from .completion import RequestContext
 from .openai_routes import gateway_of
 from .responses import CLIENT_CLOSED, primed, streaming
@@ -39,8 +40,12 @@ async def generate(request: Request) -> Response:
         "max_tokens": sp.max_new_tokens if sp and sp.max_new_tokens is not None else 128})
     ctx = RequestContext(request_id=request.state.request_id, tenant=principal.tenant,
                          weight=principal.weight)
+    # a prompt of text or token ids: only an X-Parrot-Program hint places it in a program
+    placement = await programs.place(gw, request, body, principal, ctx, None)
     if parsed.stream:
-        return streaming(await primed(gw.completions.generate_stream(body, ctx)))
+        resp = streaming(await primed(gw.completions.generate_stream(body, ctx)))
+        resp.headers.update(programs.headers_of(placement) or {})
+        return resp
     task = asyncio.ensure_future(gw.completions.generate(body, ctx))
     try:
         if not await finished_before_disconnect(request, task):
@@ -49,7 +54,9 @@ async def generate(request: Request) -> Response:
     except asyncio.CancelledError:
         task.cancel()
         raise
-    return JSONResponse(task.result().body)
+    outcome = task.result()
+    programs.finish(gw, placement, None, outcome.usage, outcome.engine)
+    return JSONResponse(outcome.body, headers=programs.headers_of(placement))
 
 
 async def model_info(request: Request) -> Response:

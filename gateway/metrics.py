@@ -58,6 +58,23 @@ class Metrics:
             registry=r,
         )
 
+        # Programs inferred from plain traffic (gateway/programs.py). Link rate:
+        # rate(parrot_program_requests_total{result="linked"}) / rate(parrot_program_requests_total)
+        self.program_requests = Counter(
+            "parrot_program_requests_total",
+            "Plain requests by program inference result (new program, linked to one, unplaced)",
+            ["result"], registry=r,
+        )
+        self.program_links = Counter(
+            "parrot_program_links_total",
+            "Plain requests placed in a program, by reason (new, hint, chain, tool, content, user)",
+            ["reason"], registry=r,
+        )
+        self.program_store_errors = Counter(
+            "parrot_program_store_errors_total",
+            "Program state reads (link) or writes (done) that Redis failed", ["op"], registry=r,
+        )
+
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._usage = tuple(self.tokens.labels(k) for k in ("prompt", "cached", "completion"))
 

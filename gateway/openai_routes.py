@@ -13,6 +13,7 @@ from common.ids import is_session_id
 from common.serving import finished_before_disconnect
 from common.types import JSON, Route
 
+from . import program_routes as programs
 from . import session_http
 from .completion import RequestContext
 from .responses import CLIENT_CLOSED, FastJSONResponse, primed, streaming
@@ -50,8 +51,14 @@ async def _completion(request: Request, route: Route) -> Response:
         return await session_http.handle(gw.sessions, request, route, body, principal)
     tenant = principal.tenant if gw.auth.enabled else str(body.get("user") or principal.tenant)
     ctx = RequestContext(request_id=rid, tenant=tenant, weight=principal.weight)
+    placement = await programs.place(gw, request, body, principal, ctx,
+                                     body.get("messages") if route == "chat" else None)
     if body.get("stream"):
-        return streaming(await primed(gw.completions.stream(route, body, ctx)))
+        t = programs.tracker(gw, placement, route)
+        chunks = gw.completions.stream(route, body, ctx, on_start=t.on_start, on_usage=t.on_usage)
+        resp = streaming(await primed(t.follow(chunks)))
+        resp.headers.update(programs.headers_of(placement) or {})
+        return resp
     task = asyncio.ensure_future(gw.completions.complete(route, body, ctx))
     try:
         if not await finished_before_disconnect(request, task):
@@ -60,7 +67,9 @@ async def _completion(request: Request, route: Route) -> Response:
     except asyncio.CancelledError:
         task.cancel()
         raise
-    return FastJSONResponse(task.result().body)
+    outcome = task.result()
+    programs.finish(gw, placement, outcome.body, outcome.usage, outcome.engine)
+    return FastJSONResponse(outcome.body, headers=programs.headers_of(placement))
 
 
 async def chat_completions(request: Request) -> Response:

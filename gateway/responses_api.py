@@ -22,6 +22,7 @@ from common.errors import NotFound
 from common.serving import finished_before_disconnect
 from common.types import JSON
 
+from . import program_routes as programs
 from . import responses_semantic, session_http
 from .openai_routes import gateway_of
 from .response_store import StoredResponse
@@ -49,10 +50,13 @@ async def create(request: Request) -> Response:
     await gw.limits.check_request(principal, turn.chat)
     if semantic:
         return await responses_semantic.create(gw, request, principal, turn)
+    # the conversation (previous_response_id's history + this input) places it in its program
+    placement = await programs.place(gw, request, turn.chat, principal, turn.ctx, turn.chat.get("messages"))
     if req.stream:
-        chunks = await primed(gw.completions.stream("chat", turn.chat, turn.ctx))
-        return StreamingResponse(turn.events(chunks), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
+        t = programs.tracker(gw, placement, "chat")
+        chunks = gw.completions.stream("chat", turn.chat, turn.ctx, on_start=t.on_start, on_usage=t.on_usage)
+        return StreamingResponse(turn.events(await primed(t.follow(chunks))), media_type="text/event-stream",
+                                 headers={**SSE_HEADERS, **(programs.headers_of(placement) or {})})
     task = asyncio.ensure_future(gw.completions.complete("chat", turn.chat, turn.ctx))
     try:
         if not await finished_before_disconnect(request, task):
@@ -63,9 +67,10 @@ async def create(request: Request) -> Response:
         raise
     outcome = task.result()
     assert outcome.body is not None
+    programs.finish(gw, placement, outcome.body, outcome.usage, outcome.engine)
     response = from_chat(turn.base, outcome.body)
     await turn.save(response)
-    return JSONResponse(response)
+    return JSONResponse(response, headers=programs.headers_of(placement))
 
 
 async def _stored(request: Request) -> StoredResponse:

@@ -85,6 +85,19 @@ class Settings(BaseModel):
     warmup_min_tokens: int = Field(256, ge=1, description="Shared-prefix size that triggers warm-up.")
     balance_abs_threshold: int = Field(32, ge=0, description="In-flight gap that overrides affinity.")
     balance_rel_threshold: float = Field(1.5, ge=1.0, description="Load ratio that overrides affinity.")
+    # programs inferred from plain traffic (gateway/programs.py)
+    infer_programs: bool = Field(
+        True, description="Infer programs (agent loops, chats) from plain requests and schedule "
+                          "them as applications (program age or attained service, engine affinity).",
+    )
+    program_ttl_s: int = Field(900, gt=0, description="TTL of inferred-program state in Redis.")
+    program_order: Literal["age", "las"] = Field(
+        "age", description="Order of inferred programs inside a tenant: program age (older first) "
+                           "or least attained service.",
+    )
+    program_link_user: bool = Field(
+        True, description="Link plain requests by their `user` field (when API keys name the tenant).",
+    )
     # The scheduling mechanisms, each with a switch (the benchmarks' policy comparison
     # turns them off one at a time to show what each earns).
     app_order: bool = Field(

@@ -24,6 +24,7 @@ from .limits import RateLimiter
 from .metrics import Metrics
 from .notifier import Notifier
 from .policy import SchedulerConfig, make_scheduler
+from .programs import Programs, ProgramStore
 from .response_store import ResponseStore
 from .session_index import SessionIndex
 from .session_runner import SessionRunner
@@ -44,6 +45,7 @@ class Gateway:
     auth: Authenticator
     limits: RateLimiter
     metrics: Metrics
+    programs: Programs
     responses: ResponseStore
     index: SessionIndex
     draining: bool = False
@@ -113,6 +115,10 @@ def build_gateway(
         auth=Authenticator.from_file(settings.api_keys),
         limits=RateLimiter(redis),
         metrics=metrics,
+        programs=Programs(
+            ProgramStore(redis, ttl_s=settings.program_ttl_s), metrics,
+            enabled=settings.infer_programs, link_user=settings.program_link_user,
+        ),
         responses=ResponseStore(redis, ttl_s=settings.session_ttl_s),
         index=SessionIndex(redis, store, ttl_s=settings.session_ttl_s, keep=settings.ui_recent_sessions,
                            on_new=metrics.sessions.inc),

@@ -6,24 +6,16 @@ queue (latency class first; fair between tenants; inside a tenant, older
 applications first, then more remaining downstream work; aging for throughput
 work) and places every job it can:
 
-- every job goes to the cheapest engine that admits it now. Costs are in
-  decode-step units (``SchedulerConfig.cost_*``: s per output token, c_p per
-  prefilled token, alpha = step slowdown per co-running request), with ``u``
-  the prompt tokens the engine neither holds nor is computing and ``n`` the
-  requests running there::
-
-      own     = backlog + u*c_p + max_tokens*s*(1 + alpha*n)   # its finish
-      harm    = u*c_p*n + max_tokens*s*alpha*n                  # stalls + slowdown of the others
-      compute = u*c_p                                           # engine time spent
-      score   = own + harm + compute                            # ties: more cached tokens
-
-  so a shared prefix keeps its jobs together until joining the busier engine
-  costs more than recomputing the prefix elsewhere. A prefix this replica has
-  not seen yet counts as held by its *home*: the engine with the highest
-  rendezvous hash of its first ``home_blocks`` blocks, which every replica
-  computes alike, so replicas route a new prefix to the same engine without
-  talking to each other. A holder loaded beyond both balance
-  thresholds relative to the least-loaded engine is never a candidate;
+- every job goes to the cheapest engine that admits it now, by the cost in
+  ``placement`` (its own finish, the stall and slowdown it imposes on the
+  engine's other requests, and the engine time it spends), so a shared prefix
+  keeps its jobs together until joining the busier engine costs more than
+  recomputing the prefix elsewhere. A prefix this replica has not seen yet
+  counts as held by its *home*: the engine with the highest rendezvous hash of
+  its first ``home_blocks`` blocks, which every replica computes alike, so
+  replicas route a new prefix to the same engine without talking to each other.
+  A holder loaded beyond both balance thresholds relative to the least-loaded
+  engine is never a candidate;
 - the siblings of a task group leave together, longest first, each placed by
   the same score, which spreads them and still honours a shared prefix;
 - a job whose chosen engine is still computing (``pending``) a shared prefix
@@ -40,6 +32,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import placement
 from .admission import REASONS, refusal
 from .engines import EngineState, EngineTable
 from .fair_queue import LATENCY, THROUGHPUT, FairQueue
@@ -232,7 +225,7 @@ class Scheduler:
         out: list[Dispatch] = []
         self._now = now
         self._expire_warmups(now)
-        self._protected = self._protected_engines()
+        self._protected = placement.protected(self._engines.engines.values(), self.config)
         queue = self._queue
         free = self._engines.free
         skipped: list[str] = []
@@ -325,8 +318,10 @@ class Scheduler:
 
     def _refuse(self, rec: _Rec, e: EngineState, cls: int, cached: int) -> bool:
         """Admission check; counts the refusal by reason."""
+        job = rec.job  # an inferred program has one step in flight: a window would only cap batches
+        app = job.session if job.attained is None else None
         why = refusal(
-            e, max(0, rec.job.prompt_tokens - cached), cls == LATENCY, rec.job.session,
+            e, max(0, job.prompt_tokens - cached), cls == LATENCY, app,
             e.name in self._protected, self.config, self._engines.share, self._now,
         )
         if why is None:
@@ -351,9 +346,12 @@ class Scheduler:
                 if name not in cached_on:
                     cached_on[name] = cached
                     seen += 1
+        aff = rec.job.affinity
+        if aff is not None and aff[0] in engines and cached_on.get(aff[0], 0) < aff[1]:
+            cached_on[aff[0]] = aff[1]
         hint: dict[str, int] = {}
         if not cached_on:
-            home = self._home(rec.hashes, avoid)
+            home = placement.home(engines.values(), rec.hashes, avoid, self.config.home_blocks)
             if home is not None:
                 # Nobody here has seen this prefix; its home (the same on every
                 # replica) is where another replica sent it: score it as held.
@@ -373,23 +371,6 @@ class Scheduler:
             if e.name not in avoid and e.fits(kv, cls)
         ]
 
-    def _home(self, hashes: tuple[int, ...], avoid: frozenset[str]) -> str | None:
-        """Rendezvous (highest random weight) hash of the prompt's leading blocks over
-        the healthy engines: stable across replicas and processes."""
-        k = self.config.home_blocks
-        if k <= 0 or len(hashes) < k:
-            return None
-        key = hashes[k - 1]
-        best, best_w = None, -1
-        for e in self._engines.engines.values():
-            if not e.healthy or e.name in avoid:
-                continue
-            w = ((key ^ e.name_hash) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-            w ^= w >> 29
-            if w > best_w:
-                best, best_w = e.name, w
-        return best
-
     def _choose(
         self, rec: _Rec, cls: int, kv: int, avoid: frozenset[str]
     ) -> EngineState | None:
@@ -397,41 +378,23 @@ class Scheduler:
         cands = self._candidates(rec, cls, kv, avoid)
         if not cands:
             return None
+        cfg = self.config
         lightest = min((c[0] for c in cands), key=lambda e: (e.load, e.order))
         n_tokens = rec.job.prompt_tokens
         mt = rec.job.max_tokens
         ranked = []
         for e, cached, held in cands:
-            if cached and e is not lightest and self._imbalanced(e, lightest):
+            if cached and e is not lightest and placement.imbalanced(e, lightest, cfg):
                 cached = 0  # too loaded to be worth its cache: scored as a plain engine
-            elif cached > held and e.load > lightest.load + self.config.home_slack:
+            elif cached > held and e.load > lightest.load + cfg.home_slack:
                 cached = held  # a home is a tie-breaker between similar loads, not a pull
             uncached = max(0, n_tokens - cached)
-            ranked.append((self._score(e, uncached, mt), -cached, e.key, e.order, held, e))
+            ranked.append((placement.score(e, uncached, mt, cfg), -cached, e.key, e.order, held, e))
         ranked.sort(key=lambda r: r[:4])
         for *_, held, e in ranked:
             if not self._refuse(rec, e, cls, held):
                 return e
         return None
-
-    def _score(self, e: EngineState, uncached: int, max_tokens: int) -> float:
-        """own + harm + compute of a job with ``uncached`` prompt tokens on ``e``."""
-        cfg = self.config
-        running = e.inflight - e.prefilling + e.external_reqs  # decoding: stalled by its prefill
-        n = running + e.reserved  # share the decode batch with it
-        compute = max(0, uncached) * cfg.cost_prefill_token
-        decode = max_tokens * cfg.cost_decode_token
-        slowdown = decode * cfg.cost_batch_slowdown * n
-        own = e.backlog + compute + decode + slowdown
-        harm = compute * running + slowdown
-        return own + harm + compute
-
-    def _imbalanced(self, cand: EngineState, least: EngineState) -> bool:
-        gap = cand.load - least.load
-        return (
-            gap > self.config.balance_abs_threshold
-            and cand.load > least.load * self.config.balance_rel_threshold
-        )
 
     def _place_group(self, first: _Rec, now: float, out: list[Dispatch]) -> list[str]:
         """Dispatch the ready siblings of ``first`` together; returns those left over."""
@@ -448,18 +411,6 @@ class Scheduler:
             if self._engines.free[cls] <= 0 or not self._place(rec, cls, now, out):
                 left.append(rec.job.id)
         return left
-
-    def _protected_engines(self) -> frozenset[str]:
-        """Engines decoding latency-class work, most of it first, at most protect_frac."""
-        cfg = self.config
-        if not cfg.protect_latency:
-            return frozenset()
-        busy = [e for e in self._engines.engines.values() if e.latency_inflight and e.healthy]
-        if not busy:
-            return frozenset()
-        limit = max(1, int(len(self._engines.engines) * cfg.protect_frac))
-        busy.sort(key=lambda e: (-e.latency_inflight, e.order))
-        return frozenset(e.name for e in busy[:limit])
 
     def _dispatch(
         self, rec: _Rec, e: EngineState, cls: int, cached: int, out: list[Dispatch], now: float
@@ -492,13 +443,13 @@ class Scheduler:
             priority = cfg.priority_aged
         else:
             priority = cfg.priority_latency
-        priority += self._age_bonus(job, now)
+        priority += placement.age_bonus(job, now, cfg)
         self._queue.forget(jid)
         self._ungroup(rec)
         e.jobs.add(jid)
         self._engines.update(e, inflight=1, work=rec.work, kv=rec.kv)
         self._dispatched += 1
-        out.append(Dispatch(jid, e.name, priority, cached, self._prefill_eta(e, rec.ahead)))
+        out.append(Dispatch(jid, e.name, priority, cached, placement.prefill_eta(e, rec.ahead, cfg)))
 
     def _learn_prefill_speed(self, rec: _Rec, now: float) -> None:
         """Seconds per prefilled token as this engine really delivers them (queueing,
@@ -509,17 +460,6 @@ class Scheduler:
             return
         sample = max(0.0, now - rec.dispatched_at) / rec.ahead
         e.prefill_s_per_token += 0.1 * (sample - e.prefill_s_per_token)
-
-    def _prefill_eta(self, e: EngineState, ahead: int) -> float:
-        per_token = e.prefill_s_per_token or self.config.prefill_s_per_token
-        return ahead * per_token + self.config.decode_step_s
-
-    def _age_bonus(self, job: Job, now: float) -> int:
-        """Priority inside a class: how long the job's application has been running."""
-        cfg = self.config
-        if job.app_started is None or not cfg.app_order:
-            return 0
-        return min(cfg.age_priority_cap, max(0, int((now - job.app_started) * cfg.age_priority_per_s)))
 
     # warm-up -------------------------------------------------------------------
     def _hold(self, rec: _Rec, leader: _Rec, e: EngineState, now: float) -> None:

@@ -31,6 +31,10 @@ class Job:
     # from plain traffic: when set, the least-served application goes first inside
     # the tenant (least attained service) instead of the oldest.
     attained: float | None = None
+    # (engine, tokens): an engine believed to hold that many of its prompt tokens although
+    # this replica's prefix index may not know it (inferred programs: the engine that ran
+    # the program's previous step, from the program record every replica shares).
+    affinity: tuple[str, int] | None = None
 
 
 @dataclass
@@ -77,6 +81,7 @@ class SchedulerConfig:
     priority_throughput: int = 0
     age_priority_per_s: float = 10.0
     age_priority_cap: int = 999
+    attained_priority_per_token: float = 0.02  # programs: priority lost per token of service
     app_order: bool = True  # False: FIFO inside a tenant and no age priority (comparisons)
     prefill_token_weight: float = 0.05  # cost of one uncached prompt token vs one output token
     external_request_work: float = 128.0  # work assumed per request we did not send (on_load)
