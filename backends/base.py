@@ -13,7 +13,7 @@ Failures are reported as a small tree mapped later to HTTP by the gateway:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -54,13 +54,15 @@ class EngineCall:
     """One request to an engine: OpenAI-style, or SGLang-native for ``route="generate"``.
 
     ``body`` is the JSON body as the client sent it (after placeholder
-    substitution); unknown fields travel through unchanged.
+    substitution); unknown fields travel through unchanged. ``headers`` are extra
+    HTTP headers of this call (the W3C trace context: ``traceparent``, ``tracestate``).
     """
 
     route: EngineRoute
     body: JSON
     rid: str
     priority: int | None = None
+    headers: Mapping[str, str] | None = None
 
     @property
     def stream(self) -> bool:

@@ -10,7 +10,7 @@ request and its HTTP parser is in C. Clients elsewhere still use httpx.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -33,6 +33,10 @@ from .base import (
 
 ROUTES = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "generate": "/generate"}
 JSON_HEADERS = {"Content-Type": "application/json"}
+
+
+def _headers(call: EngineCall) -> Mapping[str, str]:
+    return JSON_HEADERS if not call.headers else {**call.headers, **JSON_HEADERS}
 
 
 def _parse_body(raw: bytes) -> Any:
@@ -131,7 +135,7 @@ class OpenAIEngine(Engine):
         path = self._path(call)
         async with _mapped_errors():
             async with self.session.post(
-                path, data=orjson.dumps(self.request_body(call)), headers=JSON_HEADERS,
+                path, data=orjson.dumps(self.request_body(call)), headers=_headers(call),
             ) as response:
                 body = _parse_body(await response.read())
                 _raise_for_status(response.status, body)
@@ -143,7 +147,7 @@ class OpenAIEngine(Engine):
         path = self._path(call)
         async with _mapped_errors():
             async with self.session.post(
-                path, data=orjson.dumps(self.request_body(call)), headers=JSON_HEADERS,
+                path, data=orjson.dumps(self.request_body(call)), headers=_headers(call),
             ) as response:
                 if response.status >= 400:
                     _raise_for_status(response.status, _parse_body(await response.read()))

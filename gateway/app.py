@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from redis.exceptions import RedisError
 from starlette.applications import Starlette
@@ -25,11 +26,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from backends.base import Engine
 from common.errors import ParrotError
 
-from . import generate_route, logs, openai_routes, program_routes, responses_api, session_routes
+from . import generate_route, logs, openai_routes, program_routes, responses_api, session_routes, tracing
 from .metrics import Metrics
 from .settings import Settings
 from .ui import routes as ui_routes
 from .wiring import Gateway, build_gateway
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 log = logging.getLogger("parrot.gateway")
 
@@ -65,7 +69,8 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
 
 
 class RequestIdMiddleware:
-    """Accept or generate X-Request-Id, echo it, and time the request for metrics."""
+    """Accept or generate X-Request-Id, echo it, and time the request for metrics; note
+    the client's W3C trace headers (passed on to engines as they are while tracing is off)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -77,16 +82,24 @@ class RequestIdMiddleware:
             return
         rid = ""
         sid = None
+        traceparent = tracestate = None
         for k, v in scope.get("headers", []):
             if k == b"x-request-id":
                 rid = v.decode("latin-1")[:128]
             elif k == b"x-parrot-session":
                 sid = v.decode("latin-1")
+            elif k == b"traceparent":
+                traceparent = v
+            elif k == b"tracestate":
+                tracestate = v
         if not rid or not rid.isprintable():
             rid = "req-" + uuid.uuid4().hex
         scope.setdefault("state", {})["request_id"] = rid
         token = logs.request_id.set(rid)
         session_token = logs.session_id.set(logs.session_of(scope.get("path", ""), sid))
+        trace_token = tracing.incoming.set(
+            tracing.client_trace_headers(traceparent, tracestate) if traceparent else None
+        )
         start = time.perf_counter()
         status = 500
         route = _route_label(scope)
@@ -104,6 +117,7 @@ class RequestIdMiddleware:
         finally:
             logs.request_id.reset(token)
             logs.session_id.reset(session_token)
+            tracing.incoming.reset(trace_token)
             m = self.metrics
             m.child(m.requests, route, str(status)).inc()
             m.child(m.latency, route).observe(time.perf_counter() - start)
@@ -155,9 +169,13 @@ def create_app(
     engines: list[Engine] | None = None,
     redis_url: str | None = None,
     gateway: Gateway | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Starlette:
+    """The gateway's ASGI app. ``tracer_provider`` (tests) stands in for the one built from
+    the OTEL_* variables when tracing is on."""
     settings = settings or Settings()
-    gw = gateway or build_gateway(settings, engines=engines, redis_url=redis_url)
+    gw = gateway or build_gateway(settings, engines=engines, redis_url=redis_url,
+                                  tracer_provider=tracer_provider)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -175,6 +193,7 @@ def create_app(
             await gw.pool.stop()
             await gw.notifier.stop()
             await gw.redis.aclose()
+            await asyncio.to_thread(gw.tracing.shutdown)  # flushes spans not yet exported
 
     routes = [
         Route("/v1/chat/completions", openai_routes.chat_completions, methods=["POST"]),
@@ -200,6 +219,8 @@ def create_app(
         },
     )
     app.state.gateway = gw
+    if gw.tracing.middleware is not None:  # inside the request-id middleware: it sees the id
+        app.add_middleware(gw.tracing.middleware, tracing=gw.tracing, route_of=_route_label)
     app.add_middleware(RequestIdMiddleware, metrics=gw.metrics)
     return app
 

@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from backends.base import (
     EngineCall,
@@ -31,8 +31,10 @@ from common.types import JSON
 from .engines import EnginePool, EngineState
 from .metrics import Metrics
 from .policy import Dispatch, Job, Policy
+from .tracing import Tracing
 
 log = logging.getLogger("parrot.scheduler")
+T = TypeVar("T")
 
 
 @dataclass
@@ -81,6 +83,28 @@ def has_output(chunk: JSON) -> bool:
     return bool(chunk.get("usage"))
 
 
+async def _numbered(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
+    n = 0
+    async for item in items:
+        yield n, item
+        n += 1
+
+
+def _attempt_failed(span: Any, exc: EngineFailure, retry: bool) -> None:
+    span.set_attributes({"parrot.outcome": "retry" if retry else "failed",
+                         "error.type": type(exc).__name__})
+    if exc.status is not None:
+        span.set_attribute("http.response.status_code", exc.status)
+
+
+def _usage_attributes(usage: Usage | None) -> dict[str, Any]:
+    if usage is None:
+        return {}
+    return {"gen_ai.usage.input_tokens": usage.prompt_tokens,
+            "gen_ai.usage.output_tokens": usage.completion_tokens,
+            "parrot.tokens.cached": usage.cached_tokens}
+
+
 def map_failure(exc: EngineFailure) -> ParrotError:
     if isinstance(exc, EngineRejected):
         return EngineRejectedError(exc)
@@ -100,8 +124,10 @@ class Dispatcher:
         *,
         retry_budget: int = 2,
         clock: Callable[[], float] = time.monotonic,
+        tracing: Tracing | None = None,
     ) -> None:
         self.policy = policy
+        self.tracing = tracing or Tracing()
         self.pool = pool
         self.metrics = metrics
         self.retry_budget = retry_budget
@@ -197,19 +223,43 @@ class Dispatcher:
     # -- execution ----------------------------------------------------------------------
     async def _attempts(self, job: Job) -> AsyncIterator[tuple[Dispatch, float]]:
         avoid: set[str] = set(job.avoid)
+        objective = "latency" if job.latency_critical else "throughput"
         for attempt in range(self.retry_budget + 1):
             t0 = self.clock()
-            d = await self.acquire(replace(job, avoid=frozenset(avoid)) if avoid else job)
-            self.metrics.child(
-                self.metrics.queue_wait, "latency" if job.latency_critical else "throughput"
-            ).observe(self.clock() - t0)
+            with self.tracing.span("parrot.queue", {
+                "parrot.attempt": attempt + 1, "parrot.objective": objective,
+                "parrot.task_group": job.group, "parrot.tenant": job.tenant,
+            }) as span:
+                d = await self.acquire(replace(job, avoid=frozenset(avoid)) if avoid else job)
+                span.set_attributes({"parrot.engine": d.engine, "parrot.priority": d.priority})
+            self.metrics.child(self.metrics.queue_wait, objective).observe(self.clock() - t0)
             yield d, t0
             avoid.add(d.engine)
             if attempt < self.retry_budget:
                 self.metrics.retries.inc()
 
-    def _call_for(self, call: EngineCall, d: Dispatch) -> EngineCall:
-        return replace(call, priority=d.priority if call.priority is None else call.priority)
+    def _call_for(self, call: EngineCall, d: Dispatch, span: Any) -> EngineCall:
+        # The trace context of the attempt's span (tracing off: the client's, if any).
+        return replace(call, priority=d.priority if call.priority is None else call.priority,
+                       headers=self.tracing.headers(span))
+
+    def _attempt_span(self, job: Job, d: Dispatch, attempt: int) -> Any:
+        return self.tracing.span("parrot.engine", {
+            "parrot.engine": d.engine, "parrot.attempt": attempt + 1,
+            "parrot.objective": "latency" if job.latency_critical else "throughput",
+            "parrot.priority": d.priority,
+        }, client=True)
+
+    def _succeeded(self, span: Any, job: Job, d: Dispatch, attempt: int, usage: Usage | None) -> None:
+        """The attempt's span, and the request's (or its run's), get the outcome."""
+        if not self.tracing.enabled:
+            return
+        attrs = _usage_attributes(usage)
+        span.set_attributes({"parrot.outcome": "ok", "http.response.status_code": 200, **attrs})
+        self.tracing.annotate({
+            "parrot.engine": d.engine, "parrot.retry_count": attempt, "parrot.task_group": job.group,
+            "parrot.objective": "latency" if job.latency_critical else "throughput", **attrs,
+        })
 
     def _fail(self, d: Dispatch, exc: EngineFailure) -> None:
         self.metrics.engine_errors.labels(d.engine, type(exc).__name__).inc()
@@ -221,27 +271,31 @@ class Dispatcher:
         """Run a non-streaming call, retrying on another engine when that is safe."""
         last: EngineFailure | None = None
         loop = asyncio.get_running_loop()
-        async for d, t0 in self._attempts(job):
+        async for attempt, (d, t0) in _numbered(self._attempts(job)):
             started = self.clock()
             engine = self.pool.get(d.engine).engine
             # Nothing streams back before the end: the policy's estimate of the first
             # token stands in for it (prefill budget, warm-up followers).
             eta = loop.call_later(d.prefill_eta_s, self.prefill_done, d.job_id, False)
-            try:
-                body = await engine.complete(self._call_for(call, d))
-            except EngineFailure as exc:
-                self._fail(d, exc)
-                last = exc
-                if exc.retryable and len(self.pool.healthy()) > 0:
-                    log.warning("request %s failed on %s (%s); retrying", job.id, d.engine, exc)
-                    continue
-                raise map_failure(exc) from exc
-            except BaseException:
-                self.finish(d.job_id, ok=False)
-                raise
-            finally:
-                eta.cancel()
-            usage = Usage.of_chunk(body)
+            with self._attempt_span(job, d, attempt) as span:
+                try:
+                    body = await engine.complete(self._call_for(call, d, span))
+                except EngineFailure as exc:
+                    self._fail(d, exc)
+                    last = exc
+                    retry = exc.retryable and len(self.pool.healthy()) > 0
+                    _attempt_failed(span, exc, retry)
+                    if retry:
+                        log.warning("request %s failed on %s (%s); retrying", job.id, d.engine, exc)
+                        continue
+                    raise map_failure(exc) from exc
+                except BaseException:
+                    self.finish(d.job_id, ok=False)
+                    raise
+                finally:
+                    eta.cancel()
+                usage = Usage.of_chunk(body)
+                self._succeeded(span, job, d, attempt, usage)
             self.pool.record_success(d.engine)
             self.finish(d.job_id, cached_tokens=usage.cached_tokens if usage else None)
             return Outcome(d.engine, body, usage, started - t0, self.clock() - started)
@@ -264,41 +318,44 @@ class Dispatcher:
         the caller decides whether to forward it.
         """
         last: EngineFailure | None = None
-        async for d, t0 in self._attempts(job):
+        async for attempt, (d, t0) in _numbered(self._attempts(job)):
             started = self.clock()
             engine = self.pool.get(d.engine).engine
             first = True
-            cached: int | None = None
-            try:
-                prefilled = False
-                async for chunk in engine.stream(self._call_for(call, d)):
-                    if first:
-                        first = False
-                        if on_start is not None:
-                            on_start(d.engine, started - t0)
-                    if not prefilled and has_output(chunk):
-                        # The first generated token, not the role-only opening chunk
-                        # some servers send at once, marks the end of prefill.
-                        prefilled = True
-                        self.prefill_done(job.id)
-                        self.metrics.ttft.observe(self.clock() - t0)
-                    usage = Usage.of_chunk(chunk)
-                    if usage is not None:
-                        cached = usage.cached_tokens
-                    yield chunk
-            except EngineFailure as exc:
-                self._fail(d, exc)
-                last = exc
-                if (first or restartable) and exc.retryable and len(self.pool.healthy()) > 0:
-                    if not first:
-                        yield RESTART
-                    continue
-                raise map_failure(exc) from exc
-            except BaseException:
-                self.finish(d.job_id, ok=False)
-                raise
+            usage: Usage | None = None
+            with self._attempt_span(job, d, attempt) as span:
+                try:
+                    prefilled = False
+                    async for chunk in engine.stream(self._call_for(call, d, span)):
+                        if first:
+                            first = False
+                            if on_start is not None:
+                                on_start(d.engine, started - t0)
+                        if not prefilled and has_output(chunk):
+                            # The first generated token, not the role-only opening chunk
+                            # some servers send at once, marks the end of prefill.
+                            prefilled = True
+                            self.prefill_done(job.id)
+                            self.metrics.ttft.observe(self.clock() - t0)
+                            span.add_event("first_token")
+                        usage = Usage.of_chunk(chunk) or usage
+                        yield chunk
+                except EngineFailure as exc:
+                    self._fail(d, exc)
+                    last = exc
+                    retry = (first or restartable) and exc.retryable and len(self.pool.healthy()) > 0
+                    _attempt_failed(span, exc, retry)
+                    if retry:
+                        if not first:
+                            yield RESTART
+                        continue
+                    raise map_failure(exc) from exc
+                except BaseException:
+                    self.finish(d.job_id, ok=False)
+                    raise
+                self._succeeded(span, job, d, attempt, usage)
             self.pool.record_success(d.engine)
-            self.finish(d.job_id, cached_tokens=cached)
+            self.finish(d.job_id, cached_tokens=usage.cached_tokens if usage else None)
             return
         assert last is not None
         raise map_failure(last)

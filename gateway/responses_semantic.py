@@ -62,7 +62,7 @@ async def create(gw: Gateway, request: Request, principal: Principal, turn: Turn
         ready = {"parrot": session_http.parrot_info(run.rec, "ready")}
         return StreamingResponse(turn.events(chunks, ready), media_type="text/event-stream",
                                  headers=SSE_HEADERS)
-    task = gw.sessions.start(run)
+    task = gw.sessions.start(run, detached=h.is_async)
     if h.is_async:
         pending = {**turn.base, "parrot": session_http.parrot_info(run.rec, "pending")}
         if turn.stored:

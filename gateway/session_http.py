@@ -126,7 +126,7 @@ async def handle(
         timeout_s=h.timeout_s, weight=principal.weight,
     ))
     if h.is_async:
-        runner.start(run)
+        runner.start(run, detached=True)
         return FastJSONResponse(pending_body(run))
     if body.get("stream"):
         return streaming(await primed(await runner.open_stream(run)))

@@ -46,6 +46,7 @@ from .metrics import Metrics
 from .session_graph import cycle_check, graph_of, graph_view
 from .settings import Settings
 from .store import RequestRecord, SessionStore, Variable
+from .tracing import Tracing
 
 log = logging.getLogger("parrot.sessions")
 
@@ -119,16 +120,31 @@ def chunk_text(route: Route, chunk: JSON) -> str:
     return "".join(out)
 
 
+def _record_attributes(rec: RequestRecord) -> dict[str, Any]:
+    return {"parrot.session.id": rec.session, "parrot.session.request.id": rec.id,
+            "parrot.tenant": rec.tenant, "parrot.output": rec.output, "parrot.inputs": rec.inputs,
+            "parrot.criteria": rec.criteria}
+
+
+def _run_attributes(run: Run, replica: str) -> dict[str, Any]:
+    """The run span's own attributes; the dispatcher adds the engine, objective, task
+    group, tokens and retries it ends up with."""
+    return {**_record_attributes(run.rec), "parrot.request.id": run.ctx.request_id,
+            "parrot.replica": replica}
+
+
 class SessionRunner:
     """Registers, runs, cancels and drains the semantic requests of this replica."""
 
     def __init__(
-        self, settings: Settings, store: SessionStore, completions: Completions, metrics: Metrics
+        self, settings: Settings, store: SessionStore, completions: Completions, metrics: Metrics,
+        *, tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.completions = completions
         self.metrics = metrics
+        self.tracing = tracing or Tracing()
         self.replica = "gw-" + uuid.uuid4().hex[:8]
         self._tasks: set[asyncio.Task[Any]] = set()
         self._by_session: dict[tuple[str, str], set[asyncio.Task[Any]]] = {}
@@ -168,18 +184,40 @@ class SessionRunner:
             max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
         )
         deadline = now + sub.timeout_s
-        await self.store.register_request(
-            rec, validate=cycle_check(rec, OUTPUT_PARAM), deadline=deadline
-        )
+        with self.tracing.span("parrot.register", _record_attributes(rec)):
+            await self.store.register_request(
+                rec, validate=cycle_check(rec, OUTPUT_PARAM), deadline=deadline
+            )
+        self.tracing.annotate({"parrot.session.request.id": rec.id})
         ctx = RequestContext(
             request_id=sub.request_id, tenant=sub.tenant, session=sub.session,
             weight=sub.weight, app_started=self._session_started(rec),
         )
         return Run(rec, sub.route, body, ctx, deadline)
 
-    def start(self, run: Run) -> asyncio.Task[JSON]:
-        """Run it in a task of this replica; the task's result is the engine's answer."""
-        return self._spawn(run.rec, self._run(run))
+    def start(self, run: Run, *, detached: bool = False) -> asyncio.Task[JSON]:
+        """Run it in a task of this replica; the task's result is the engine's answer.
+        ``detached``: the run outlives the HTTP answer (``X-Parrot-Async``); traced, it is
+        a trace of its own, linked to the submitting request's span."""
+        if not self.tracing.enabled:
+            return self._spawn(run.rec, self._run(run))
+        span = self.tracing.run_span("parrot.run", _run_attributes(run, self.replica), detached=detached)
+        return self._spawn(run.rec, self._traced(run, span, self._run(run)))
+
+    async def _traced(self, run: Run, span: Any, coro: Awaitable[T]) -> T:
+        """``coro`` with ``span`` as the current span: the run's waits, queueing, engine
+        attempts and output write are its children."""
+        error: BaseException | None = None
+        try:
+            with self.tracing.using(span):
+                return await coro
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            rec = run.rec
+            self.tracing.end_run(span, {"parrot.status": rec.status}, error,
+                                 failed=rec.error if rec.status == "failed" else None)
 
     def _session_started(self, rec: RequestRecord) -> float:
         key = (rec.tenant, rec.session)
@@ -216,7 +254,12 @@ class SessionRunner:
         if not rec.inputs:
             return {}
         remaining = deadline - time.time()
-        states = await self.store.wait_variables(rec.tenant, rec.session, rec.inputs, max(0.0, remaining))
+        with self.tracing.span("parrot.wait_inputs", {"parrot.inputs": rec.inputs}) as span:
+            states = await self.store.wait_variables(rec.tenant, rec.session, rec.inputs,
+                                                     max(0.0, remaining))
+            if span.is_recording():
+                span.set_attribute("parrot.inputs.not_ready", [
+                    n for n in rec.inputs if (v := states.get(n)) is None or v.status != "ready"])
         values: dict[str, str] = {}
         for name in rec.inputs:
             var: Variable | None = states.get(name)
@@ -292,8 +335,11 @@ class SessionRunner:
         try:
             if rec.output:
                 output = rec.output
-                if await _persist(lambda: self.store.fail_variable(
-                        rec.tenant, rec.session, output, reason, record=rec)):
+                with self.tracing.span("parrot.write_output", {
+                        "parrot.variable": output, "parrot.variable.status": "failed"}):
+                    failed = await _persist(lambda: self.store.fail_variable(
+                        rec.tenant, rec.session, output, reason, record=rec))
+                if failed:
                     self.metrics.variables.labels("failed").inc()
             else:
                 await _persist(lambda: self.store.save_request(rec))
@@ -309,8 +355,11 @@ class SessionRunner:
             rec.prompt_tokens = usage.prompt_tokens
         if rec.output:
             output = rec.output
-            await _persist(lambda: self.store.set_result(
-                rec.tenant, rec.session, output, text, record=rec))
+            with self.tracing.span("parrot.write_output", {
+                    "parrot.variable": output, "parrot.variable.status": "ready",
+                    "parrot.variable.bytes": len(text)}):
+                await _persist(lambda: self.store.set_result(
+                    rec.tenant, rec.session, output, text, record=rec))
             self.metrics.variables.labels("ready").inc()
         else:
             await _persist(lambda: self.store.save_request(rec))
@@ -345,10 +394,14 @@ class SessionRunner:
         engine's chunks. The engine work runs in a task that outlives a reader who stops
         early when other requests need its output."""
         rec, route = run.rec, run.route
+        span = self.tracing.run_span("parrot.run", _run_attributes(run, self.replica), detached=False)
         try:
-            engine_body = await self._prepare(run)
+            with self.tracing.using(span):
+                engine_body = await self._prepare(run)
         except BaseException as exc:
-            await asyncio.shield(self._fail(rec, exc))
+            with self.tracing.using(span):
+                await asyncio.shield(self._fail(rec, exc))
+            self.tracing.end_run(span, {"parrot.status": rec.status}, exc)
             raise
         queue: asyncio.Queue[Any] = asyncio.Queue()
         done = object()
@@ -380,7 +433,7 @@ class SessionRunner:
                 if not isinstance(exc, Exception):
                     raise
 
-        task = self._spawn(rec, produce())
+        task = self._spawn(rec, self._traced(run, span, produce()) if self.tracing.enabled else produce())
 
         async def chunks() -> AsyncIterator[JSON]:
             finished = False

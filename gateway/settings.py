@@ -127,6 +127,11 @@ class Settings(BaseModel):
     log_format: Literal["text", "json"] = Field(
         "text", description="Log lines as text or as one JSON object per line."
     )
+    tracing: bool = Field(
+        False, description="OpenTelemetry traces (needs the `otel` extra); also on when "
+                           "OTEL_TRACES_EXPORTER or OTEL_EXPORTER_OTLP_ENDPOINT is set. Export "
+                           "follows the standard OTEL_* variables.",
+    )
     # session view (/ui)
     ui_secret: str | None = Field(
         None, description="HMAC key of signed view links; empty: generated, shared via Redis."

@@ -8,7 +8,9 @@ only reads the resulting ``Gateway``.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 from starlette.requests import Request
@@ -30,6 +32,10 @@ from .session_index import SessionIndex
 from .session_runner import SessionRunner
 from .settings import Settings
 from .store import SessionStore
+from .tracing import Tracing, wanted
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
 
 
 @dataclass
@@ -48,6 +54,7 @@ class Gateway:
     programs: Programs
     responses: ResponseStore
     index: SessionIndex
+    tracing: Tracing
     draining: bool = False
 
     def principal(self, request: Request) -> Principal:
@@ -56,9 +63,26 @@ class Gateway:
         return principal
 
 
+def tracing_of(settings: Settings, provider: TracerProvider | None = None) -> Tracing:
+    """The tracer of this gateway: the no-op one unless tracing is on (gateway/tracing.py);
+    the OpenTelemetry SDK is imported only then."""
+    if not wanted(settings.tracing, os.environ):
+        return Tracing()
+    try:
+        from .tracing_otel import OtelTracing
+    except ImportError as exc:
+        raise RuntimeError("tracing is on but the OpenTelemetry SDK is not installed: "
+                           "pip install 'parrot-gateway[otel]'") from exc
+    return OtelTracing.build(os.environ, provider=provider)
+
+
 def build_gateway(
-    settings: Settings, *, engines: list[Engine] | None = None, redis_url: str | None = None
+    settings: Settings, *, engines: list[Engine] | None = None, redis_url: str | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Gateway:
+    """``tracer_provider`` (tests) replaces the one built from the OTEL_* variables when
+    tracing is on."""
+    tracing = tracing_of(settings, tracer_provider)
     if engines is None:
         engines = [
             make_engine(
@@ -78,7 +102,7 @@ def build_gateway(
         max_inflight_per_engine=settings.max_inflight_per_engine,
     )
     policy = make_scheduler(settings.scheduler_policy, SchedulerConfig.from_settings(settings))
-    dispatcher = Dispatcher(policy, pool, metrics, retry_budget=settings.retry_budget)
+    dispatcher = Dispatcher(policy, pool, metrics, retry_budget=settings.retry_budget, tracing=tracing)
     completions = Completions(
         pool, dispatcher, metrics, stream_internally=settings.engine_streaming,
         block_bytes=settings.prefix_block_bytes,
@@ -102,7 +126,7 @@ def build_gateway(
     )
     notifier = Notifier(redis)
     store.attach_notifier(notifier)
-    sessions = SessionRunner(settings, store, completions, metrics)
+    sessions = SessionRunner(settings, store, completions, metrics, tracing=tracing)
     return Gateway(
         settings=settings,
         pool=pool,
@@ -122,6 +146,7 @@ def build_gateway(
         responses=ResponseStore(redis, ttl_s=settings.session_ttl_s),
         index=SessionIndex(redis, store, ttl_s=settings.session_ttl_s, keep=settings.ui_recent_sessions,
                            on_new=metrics.sessions.inc),
+        tracing=tracing,
     )
 
 
