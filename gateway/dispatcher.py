@@ -244,11 +244,8 @@ class Dispatcher:
                        headers=self.tracing.headers(span))
 
     def _attempt_span(self, job: Job, d: Dispatch, attempt: int) -> Any:
-        return self.tracing.span("parrot.engine", {
-            "parrot.engine": d.engine, "parrot.attempt": attempt + 1,
-            "parrot.objective": "latency" if job.latency_critical else "throughput",
-            "parrot.priority": d.priority,
-        }, client=True)
+        return self.tracing.span("parrot.engine", {"parrot.engine": d.engine, "parrot.attempt": attempt + 1},
+                                 client=True)
 
     def _succeeded(self, span: Any, job: Job, d: Dispatch, attempt: int, usage: Usage | None) -> None:
         """The attempt's span, and the request's (or its run's), get the outcome."""

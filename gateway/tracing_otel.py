@@ -32,7 +32,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .tracing import Attributes, Tracing
+from .tracing import NO_SPAN, Attributes, Tracing
 
 SCOPE = "parrot-gateway"
 UNTRACED = frozenset({"/health", "/ready", "/metrics"})  # probes and scrapes: noise
@@ -89,11 +89,18 @@ class OtelTracing(Tracing):
 
     # -- spans of the request path --------------------------------------------------------
     def span(self, name: str, attributes: Attributes | None = None, *, client: bool = False) -> Any:
+        parent = trace.get_current_span()
+        if not parent.is_recording() and parent.get_span_context().is_valid:
+            # Its request was sampled out; so would this span be (the standard samplers
+            # follow the parent): skip the SDK's cost of deciding it span by span.
+            return NO_SPAN
         return _Leaf(self.tracer, name, attributes, SpanKind.CLIENT if client else SpanKind.INTERNAL)
 
     def headers(self, span: Any) -> dict[str, str] | None:
         carrier: dict[str, str] = {}
-        propagate.inject(carrier, context=trace.set_span_in_context(span))
+        # A skipped span (sampled out) passes on its request's context, flagged unsampled.
+        ctx = None if span is NO_SPAN else trace.set_span_in_context(span)
+        propagate.inject(carrier, context=ctx)
         return carrier or None
 
     def annotate(self, attributes: Attributes) -> None:

@@ -270,6 +270,20 @@ def test_retry_shows_two_engine_attempts(traced: Traced) -> None:
     assert all(s.context.trace_id == int(trace_id, 16) for s in attempts)
 
 
+def test_sampled_out_request_records_nothing_but_passes_its_context_on(traced: Traced) -> None:
+    """The client's trace is not sampled (flags 00): the gateway records no span of it
+    (parent-based sampling) and the engine still gets the trace, flagged unsampled."""
+    trace_id, span_id, _ = _client_context()
+    with httpx.Client(base_url=traced.url, timeout=30) as c:
+        r = c.post("/v1/chat/completions", json=_chat("Hi."),
+                   headers=_headers(f"00-{trace_id}-{span_id}-00"))
+    assert r.status_code == 200, r.text
+    assert [s.name for s in traced.spans()] == []
+    (call,) = traced.engine_calls()
+    version, tid, _, flags = call["traceparent"].split("-")
+    assert (tid, int(flags, 16) & 1) == (trace_id, 0)
+
+
 @pytest.mark.parametrize("traced", [False], indirect=True)
 def test_tracing_off_records_nothing_and_passes_the_client_context_on(traced: Traced) -> None:
     _, _, tp = _client_context()
