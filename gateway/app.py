@@ -149,18 +149,13 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await gw.notifier.start()
-        await gw.pool.start()
+        await gw.start()
         if not gw.pool.healthy():
             log.warning("no engine answered its first health check; will keep trying")
         try:
             yield
         finally:
-            gw.draining = True
-            await gw.sessions.drain(gw.settings.drain_timeout_s)
-            await gw.pool.stop()
-            await gw.notifier.stop()
-            await gw.redis.aclose()
+            await gw.stop()
 
     routes = [
         Route("/v1/chat/completions", openai_routes.chat_completions, methods=["POST"]),

@@ -56,18 +56,35 @@ def serve(args: argparse.Namespace) -> int:
     settings, embedded = start_embedded(settings)
     try:
         app = create_app(settings)
+        _tune_gc()
         config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
             timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+            timeout_keep_alive=int(settings.keep_alive_s),
             access_log=False,
         )
         _draining_server(config, app.state.gateway).run()
     finally:
         embedded.stop()
     return 0
+
+
+def _tune_gc() -> None:
+    """Freeze what start-up allocated (modules, the tokenizer's tables) out of the
+    collector's reach, and collect the young generation less often: measured on the
+    semantic path at 100 concurrent sessions, the collector's pauses (up to ~0.2 s for a
+    full collection) were the event loop's longest stalls."""
+    import gc
+
+    from .completion import prompt_shape
+
+    prompt_shape("chat", {"messages": [{"role": "user", "content": "warm up"}]}, 32)  # load it
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(5000, 20, 20)
 
 
 def _draining_server(config: Any, gateway: Any = None) -> Any:

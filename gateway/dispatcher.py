@@ -18,6 +18,7 @@ from typing import Any
 
 from backends.base import (
     EngineCall,
+    EngineConnectFailed,
     EngineFailure,
     EngineLoad,
     EngineRejected,
@@ -159,6 +160,15 @@ class Dispatcher:
             if self._queued_by_request.get(request) == job.id:
                 del self._queued_by_request[request]
 
+    def set_share(self, share: float) -> None:
+        """This replica's fraction of every engine (1 / live replicas, gateway/replicas.py)."""
+        self.policy.set_share(share, self.clock())
+        self._pump()
+
+    def queued(self) -> int:
+        """Requests waiting here for an engine."""
+        return len(self._waiting)
+
     def set_group(self, request_id: str, group: str | None) -> None:
         """Put a request still queued here into task group ``group`` (its siblings'
         consumer registered after it was queued)."""
@@ -211,7 +221,7 @@ class Dispatcher:
     def _fail(self, d: Dispatch, exc: EngineFailure) -> None:
         self.metrics.engine_errors.labels(d.engine, type(exc).__name__).inc()
         if not isinstance(exc, EngineRejected):
-            self.pool.record_failure(d.engine, fatal=isinstance(exc, EngineUnreachable))
+            self.pool.record_failure(d.engine, fatal=isinstance(exc, EngineConnectFailed))
         self.finish(d.job_id, ok=isinstance(exc, EngineRejected))
 
     async def complete(self, job: Job, call: EngineCall) -> Outcome:
@@ -271,6 +281,7 @@ class Dispatcher:
                         # The first generated token, not the role-only opening chunk
                         # some servers send at once, marks the end of prefill.
                         prefilled = True
+                        self.pool.record_success(d.engine)
                         self.prefill_done(job.id)
                         self.metrics.ttft.observe(self.clock() - t0)
                     usage = Usage.from_openai(chunk.get("usage"))

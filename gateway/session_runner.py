@@ -18,7 +18,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -31,6 +30,7 @@ from analysis.placeholders import (
     substitute_prompt,
 )
 from common.errors import (
+    Conflict,
     DependencyCycle,
     GatewayTimeout,
     NotFound,
@@ -43,15 +43,16 @@ from common.types import JSON, Route
 
 from .completion import Completions, RequestContext, prompt_shape
 from .metrics import Metrics
-from .session_graph import cycle_check, graph_of, graph_view
+from .session_graph import Analysis, GraphCache, cycle_check, graph_view
 from .settings import Settings
 from .store import RequestRecord, SessionStore, Variable
+from .work import WorkItem, WorkLedger
 
 log = logging.getLogger("parrot.sessions")
 
 PREFIX_HASH_BLOCKS = 128
-MAX_TRACKED_SESSIONS = 100_000
 STORE_RETRY_S = 30.0  # how long a finished request retries saving its result
+PROGRESS_SAVE_S = 1.0  # a request still queued this long shows so in its session graph
 OUTPUT_PARAM = "x-parrot-output"  # where a second producer is reported (the header)
 T = TypeVar("T")
 
@@ -69,6 +70,16 @@ class Submission:
     criteria: str = "latency"
     timeout_s: float = 600.0
     weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """A request's input values once ready, the session's graph version read with them
+    (None: not read) and when the last of them was written (epoch s)."""
+
+    values: dict[str, str]
+    version: int | None
+    written_at: float | None
 
 
 @dataclass
@@ -123,18 +134,25 @@ class SessionRunner:
     """Registers, runs, cancels and drains the semantic requests of this replica."""
 
     def __init__(
-        self, settings: Settings, store: SessionStore, completions: Completions, metrics: Metrics
+        self, settings: Settings, store: SessionStore, completions: Completions, metrics: Metrics,
+        *, replica: str | None = None, ledger: WorkLedger | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.completions = completions
         self.metrics = metrics
-        self.replica = "gw-" + uuid.uuid4().hex[:8]
+        self.replica = replica or "gw-" + uuid.uuid4().hex[:12]
+        self.ledger = ledger  # where accepted work is recorded (None: not recorded)
+        self.graphs = GraphCache()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._by_session: dict[tuple[str, str], set[asyncio.Task[Any]]] = {}
-        # When each session started, as this replica saw it (bounded LRU): the
-        # scheduler ranks the steps of older applications first.
-        self._started: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._work: dict[str, tuple[RequestRecord, asyncio.Task[Any]]] = {}  # rid -> run
+        self._queued: dict[tuple[str, str], dict[str, None]] = {}  # session -> queued rids
+        self._background: set[asyncio.Task[Any]] = set()
+        # Requests stopped without being settled: their work stays recorded for another
+        # replica to adopt (drain with peers alive), or another replica adopted them.
+        self._handed: set[str] = set()
+        self.handed_over = 0  # requests left to other replicas at drain
 
     # -- submission ------------------------------------------------------------------
     async def register(self, sub: Submission) -> Run:
@@ -168,12 +186,22 @@ class SessionRunner:
             max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
         )
         deadline = now + sub.timeout_s
-        await self.store.register_request(
-            rec, validate=cycle_check(rec, OUTPUT_PARAM), deadline=deadline
+        work = None
+        if sub.output is not None and self.ledger is not None:
+            # Findable before it is acknowledged: a crash after the answer loses nothing.
+            await self.ledger.note(sub.tenant, sub.session)
+            work = WorkItem(sub.route, body, sub.request_id, deadline, sub.weight).entry(self.replica)
+        reg = await self.store.register_request(
+            rec, validate=cycle_check(rec, OUTPUT_PARAM), deadline=deadline, work=work
         )
+        self.graphs.added(rec, reg.graph)
+        if rec.inputs:
+            self._regroup(rec.tenant, rec.session, reg.graph)
+        if reg.deadline is not None:  # the session's deadline bounds every request of it
+            deadline = min(deadline, reg.deadline)
         ctx = RequestContext(
             request_id=sub.request_id, tenant=sub.tenant, session=sub.session,
-            weight=sub.weight, app_started=self._session_started(rec),
+            weight=sub.weight, app_started=reg.created,
         )
         return Run(rec, sub.route, body, ctx, deadline)
 
@@ -181,22 +209,34 @@ class SessionRunner:
         """Run it in a task of this replica; the task's result is the engine's answer."""
         return self._spawn(run.rec, self._run(run))
 
-    def _session_started(self, rec: RequestRecord) -> float:
-        key = (rec.tenant, rec.session)
-        started = self._started.pop(key, rec.created_at)
-        self._started[key] = started
-        while len(self._started) > MAX_TRACKED_SESSIONS:
-            self._started.popitem(last=False)
-        return started
+    def adopt(self, rec: RequestRecord, item: WorkItem) -> None:
+        """Run a request taken over from a dead replica (gateway/work.py), from the start:
+        its client, if it was waiting, is gone; its output variable is what matters."""
+        rec.replica, rec.status = self.replica, "waiting"
+        rec.ready_at = rec.queued_at = rec.started_at = None
+        ctx = RequestContext(request_id=item.request_id, tenant=rec.tenant, session=rec.session,
+                             weight=item.weight, app_started=rec.created_at)
+        run = Run(rec, item.route, item.body, ctx, item.deadline)
+        self.metrics.adopted.inc()
+        self._spawn(rec, self._run(run))
+
+    def _background_task(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _spawn(self, rec: RequestRecord, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=f"parrot:{rec.id}")
         key = (rec.tenant, rec.session)
         self._tasks.add(task)
         self._by_session.setdefault(key, set()).add(task)
+        if rec.output is not None:
+            self._work[rec.id] = (rec, task)
 
         def done(t: asyncio.Task[Any]) -> None:
             self._tasks.discard(t)
+            self._work.pop(rec.id, None)
+            self._handed.discard(rec.id)
             s = self._by_session.get(key)
             if s is not None:
                 s.discard(t)
@@ -211,12 +251,13 @@ class SessionRunner:
         return task
 
     # -- execution -------------------------------------------------------------------
-    async def _inputs(self, rec: RequestRecord, deadline: float) -> dict[str, str]:
+    async def _inputs(self, rec: RequestRecord, deadline: float) -> Inputs:
         """Wait for every input; raise UpstreamFailed/GatewayTimeout when that cannot happen."""
         if not rec.inputs:
-            return {}
+            return Inputs({}, None, None)
         remaining = deadline - time.time()
-        states = await self.store.wait_variables(rec.tenant, rec.session, rec.inputs, max(0.0, remaining))
+        states, version = await self.store.wait_inputs(
+            rec.tenant, rec.session, rec.inputs, max(0.0, remaining))
         values: dict[str, str] = {}
         for name in rec.inputs:
             var: Variable | None = states.get(name)
@@ -232,22 +273,16 @@ class SessionRunner:
                     code="deadline_exceeded",
                 )
             values[name] = var.value or ""
-        return values
+        return Inputs(values, version, max((v.updated_at or 0.0) for v in states.values()))
 
-    async def _analyse(self, rec: RequestRecord) -> tuple[bool, str | None]:
-        """Deduced objective and task group of ``rec`` from its session's graph.
-
-        Both need other requests only when someone consumes ``rec``'s output (a
-        latency request stays latency; a group needs a common consumer), so the
-        whole graph is read only then.
-        """
-        if rec.criteria == "latency":
-            out = await self.store.get_variable(rec.tenant, rec.session, rec.output) if rec.output else None
-            if out is None or not out.consumers:
-                return True, None
-        graph = graph_of(await self.store.list_requests(rec.tenant, rec.session))
-        objective = graph.deduce_objectives().get(rec.id, rec.criteria)  # type: ignore[arg-type]
-        return objective == "latency", graph.task_groups().get(rec.id)
+    async def _analysis(self, tenant: str, session: str, version: int | None) -> Analysis:
+        """The session graph's analysis at ``version`` (None: the copy held here, if any),
+        re-read from Redis only when this replica's copy is stale."""
+        cached = self.graphs.get(tenant, session, version)
+        if cached is not None:
+            return cached
+        records, current = await self.store.read_graph(tenant, session)
+        return self.graphs.put(tenant, session, records, current)
 
     @staticmethod
     def _substituted(route: Route, body: JSON, values: dict[str, str]) -> JSON:
@@ -262,9 +297,13 @@ class SessionRunner:
         """Wait for the inputs, substitute them, analyse the request and record (before
         it is handed to the scheduler) the objective and group it will run with."""
         rec, ctx = run.rec, run.ctx
-        values = await self._inputs(rec, run.deadline)
-        engine_body = self._substituted(run.route, run.body, values)
-        ctx.latency_critical, ctx.group = await self._analyse(rec)
+        inputs = await self._inputs(rec, run.deadline)
+        values = inputs.values
+        engine_body = self._substituted(run.route, run.body, values) if values else run.body
+        analysis = await self._analysis(rec.tenant, rec.session, inputs.version)
+        ctx.latency_critical = analysis.objective(rec.id, rec.criteria) == "latency"
+        ctx.group = analysis.group(rec.id)
+        ctx.downstream_s = analysis.downstream(rec.id)
         ctx.request_id = rec.id
         shape = prompt_shape(run.route, engine_body, self.settings.prefix_block_tokens)
         ctx.prompt = shape
@@ -272,10 +311,48 @@ class SessionRunner:
         rec.prefix_hashes = list(shape.hashes[:PREFIX_HASH_BLOCKS])
         rec.criteria_effective = "latency" if ctx.latency_critical else "throughput"
         rec.group = ctx.group
-        await self.store.save_request(rec)
+        # Progress for the graph view only, off the critical path and only for requests
+        # still queued after a moment (a late save never overwrites the final record,
+        # see scripts.SAVE_RECORD): most requests of a fast pipeline never need it.
+        asyncio.get_running_loop().call_later(PROGRESS_SAVE_S, self._save_progress, rec)
+        if inputs.written_at:
+            self.metrics.pipeline.observe(max(0.0, time.time() - inputs.written_at))
         return engine_body
 
+    def _save_progress(self, rec: RequestRecord) -> None:
+        if rec.status == "queued" and rec.id not in self._handed:
+            self._background_task(self._save_quietly(rec))
+
+    async def _save_quietly(self, rec: RequestRecord) -> None:
+        try:
+            await self.store.save_request(rec)
+        except ParrotError:
+            pass
+
+    # -- task groups that change after a request was queued -----------------------------
+    def _regroup(self, tenant: str, session: str, version: int) -> None:
+        """A consumer registered after some of its producers were queued here: move those
+        into the task group the graph now gives them (`Dispatcher.set_group`)."""
+        queued = self._queued.get((tenant, session))
+        if queued:
+            self._background_task(self._regroup_now(tenant, session, version, list(queued)))
+
+    async def _regroup_now(self, tenant: str, session: str, version: int, rids: list[str]) -> None:
+        try:
+            analysis = await self._analysis(tenant, session, version)
+        except ParrotError:
+            return
+        for rid in rids:
+            self.completions.dispatcher.set_group(rid, analysis.group(rid))
+
+    def on_graph(self, tenant: str, session: str, version: int) -> None:
+        """Notifier listener: a consumer registered in this session (here or elsewhere)."""
+        self._regroup(tenant, session, version)
+
+    # -- outcome ---------------------------------------------------------------------
     async def _fail(self, rec: RequestRecord, exc: BaseException) -> None:
+        if rec.id in self._handed:
+            return  # not ours to settle (any more)
         if isinstance(exc, ParrotError):
             reason = f"{exc.code}: {exc.message}"
         elif isinstance(exc, asyncio.CancelledError):
@@ -306,27 +383,54 @@ class SessionRunner:
             rec.prompt_tokens = usage.prompt_tokens
         if rec.output:
             output = rec.output
-            await _persist(lambda: self.store.set_result(
-                rec.tenant, rec.session, output, text, record=rec))
+            try:
+                await _persist(lambda: self.store.set_result(
+                    rec.tenant, rec.session, output, text, producer=rec.id, record=rec))
+            except Conflict:
+                # Settled already: another replica ran it too (it adopted it while our
+                # lease had lapsed). Written once: the first value stands.
+                log.info("request %s: output %s was settled by another run", rec.id, output)
+                return
             self.metrics.variables.labels("ready").inc()
         else:
             await _persist(lambda: self.store.save_request(rec))
 
-    async def _run(self, run: Run) -> JSON:
-        rec, route = run.rec, run.route
-        try:
-            engine_body = await self._prepare(run)
-            t0 = time.time()
-            remaining = run.deadline - t0
+    async def _complete(self, run: Run, body: JSON) -> Any:
+        """The engine call of accepted work: while no engine is in rotation (all down, or
+        taken out under overload) it waits and tries again, up to ``engine_wait_s`` and
+        never past its deadline, instead of failing at once."""
+        first_failure: float | None = None
+        delay = 0.1
+        while True:
+            remaining = run.deadline - time.time()
             if remaining <= 0:
                 raise GatewayTimeout("session deadline passed", code="deadline_exceeded")
             try:
-                outcome = await asyncio.wait_for(
-                    self.completions.complete(route, engine_body, run.ctx), timeout=remaining
-                )
+                return await asyncio.wait_for(
+                    self.completions.complete(run.route, body, run.ctx), timeout=remaining)
             except asyncio.TimeoutError as exc:
                 raise GatewayTimeout("session deadline passed while running",
                                      code="deadline_exceeded") from exc
+            except ServiceUnavailable:
+                now = time.monotonic()
+                first_failure = first_failure if first_failure is not None else now
+                if now - first_failure + delay > self.settings.engine_wait_s or \
+                        time.time() + delay >= run.deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _run(self, run: Run) -> JSON:
+        rec, route = run.rec, run.route
+        key = (rec.tenant, rec.session)
+        try:
+            engine_body = await self._prepare(run)
+            t0 = rec.queued_at = time.time()
+            self._queued.setdefault(key, {})[rec.id] = None
+            try:
+                outcome = await self._complete(run, engine_body)
+            finally:
+                self._unqueue(key, rec.id)
             assert outcome.body is not None
             started = t0 + outcome.queued_s
             await self._finish(rec, choice_text(route, outcome.body), outcome.engine,
@@ -335,6 +439,13 @@ class SessionRunner:
         except BaseException as exc:
             await asyncio.shield(self._fail(rec, exc))
             raise
+
+    def _unqueue(self, key: tuple[str, str], rid: str) -> None:
+        queued = self._queued.get(key)
+        if queued is not None:
+            queued.pop(rid, None)
+            if not queued:
+                del self._queued[key]
 
     async def open_stream(self, run: Run) -> AsyncIterator[JSON]:
         """Hold until the inputs are ready (errors until then raise here), then return the
@@ -353,7 +464,7 @@ class SessionRunner:
             parts: list[str] = []
             usage_seen: list[Any] = []
             engine_seen: list[str] = []
-            t0 = time.time()
+            t0 = rec.queued_at = time.time()
             started = [t0]
 
             def on_start(engine: str, queued_s: float) -> None:
@@ -411,17 +522,51 @@ class SessionRunner:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.graphs.drop(tenant, session)
         return await self.store.delete_session(tenant, session)
 
-    async def drain(self, timeout: float) -> None:
+    def busy_sessions(self) -> list[tuple[str, str]]:
+        """Sessions this replica runs requests of now."""
+        return list(self._by_session)
+
+    async def drain(self, timeout: float, *, hand_over: bool = False) -> None:
+        """Let in-flight requests finish for up to ``timeout`` s. What is left is then handed
+        over (``hand_over``: another replica is alive to adopt it: its work stays recorded
+        under this replica's lease, which the caller gives up) or cancelled and failed."""
         tasks = list(self._tasks)
         if not tasks:
             return
         log.info("draining %d in-flight semantic requests (timeout %.0fs)", len(tasks), timeout)
         _, pending = await asyncio.wait(tasks, timeout=timeout)
+        handed = [rid for rid, (_, t) in self._work.items() if t in pending] if hand_over else []
+        self._hand_over(handed)
+        self.handed_over += len(handed)
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        if handed:
+            log.warning("handed %d unfinished request(s) over to the other replicas", len(handed))
+
+    def _hand_over(self, rids: list[str]) -> None:
+        for rid in rids:
+            if rid in self._work:
+                self._handed.add(rid)
+                self._work[rid][1].cancel()
+
+    async def verify_ownership(self) -> int:
+        """Our lease had lapsed: stop (without settling) what another replica adopted."""
+        lost = []
+        for rid, (rec, _) in list(self._work.items()):
+            try:
+                owner = await self.store.work_owner(rec.tenant, rec.session, rid)
+            except ParrotError:
+                return 0
+            if owner is not None and owner != self.replica:
+                lost.append(rid)
+        self._hand_over(lost)
+        if lost:
+            log.warning("%d request(s) were adopted by other replicas; stopped here", len(lost))
+        return len(lost)
 
     async def graph_json(self, tenant: str, session: str) -> JSON:
         records = await self.store.list_requests(tenant, session)

@@ -65,6 +65,11 @@ class Settings(BaseModel):
         True, description="Stream from engines even for non-streaming clients (prefill signal)."
     )
     retry_budget: int = Field(2, ge=0, description="Retries on another engine before first token.")
+    engine_wait_s: float = Field(
+        120.0, ge=0,
+        description="How long accepted semantic work waits for an engine back in rotation "
+        "(bounded by the session deadline) before it fails.",
+    )
     breaker_failures: int = Field(3, ge=1, description="Failures that open an engine's breaker.")
     breaker_reset_s: float = Field(5.0, gt=0, description="Open-breaker cool-down.")
     # scheduling
@@ -75,8 +80,19 @@ class Settings(BaseModel):
     warmup_min_tokens: int = Field(256, ge=1, description="Shared-prefix size that triggers warm-up.")
     balance_abs_threshold: int = Field(32, ge=0, description="In-flight gap that overrides affinity.")
     balance_rel_threshold: float = Field(1.5, ge=1.0, description="Load ratio that overrides affinity.")
+    # replicas (gateway/replicas.py, gateway/work.py)
+    replica_heartbeat_s: float = Field(0.5, gt=0, description="Replica heartbeat period.")
+    replica_ttl_s: float = Field(
+        3.0, gt=0, description="A replica silent this long is dead; its work is adopted."
+    )
     # lifecycle
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period on SIGTERM.")
+    keep_alive_s: float = Field(
+        75.0, gt=0,
+        description="HTTP keep-alive of idle client connections; above clients' and load "
+        "balancers' own (httpx 5 s, nginx 60 s), so they close first, never the gateway "
+        "under a request in flight.",
+    )
     log_level: str = Field("info", description="Log level.")
 
     @field_validator("backend", mode="before")
