@@ -20,12 +20,12 @@ from typing import Any
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from common.errors import RateLimited, ServiceUnavailable
 from common.types import JSON
 
 from .auth import Principal
+from .redis_errors import failure as redis_failure
 
 log = logging.getLogger("parrot.limits")
 
@@ -84,7 +84,9 @@ class RateLimiter:
             pipe.expire(key, WINDOW_S + 1)
             count, _ = await pipe.execute()
             return int(count)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:
+            if not redis_failure(exc):
+                raise
             log.warning("rate limit store unavailable (%s); allowing request", type(exc).__name__)
             return None
 
@@ -125,7 +127,9 @@ class RateLimiter:
                 _ADMIT, 1, self._sessions_key(principal.tenant),
                 now, now + ttl_s, spec.max_sessions, session, int(ttl_s) + 1,
             )
-        except (RedisError, OSError) as exc:
+        except Exception as exc:
+            if not redis_failure(exc):
+                raise
             raise ServiceUnavailable("state store unavailable") from exc
         if int(float(res)) == -1:
             return
@@ -142,7 +146,9 @@ class RateLimiter:
             return
         try:
             await self.redis.zrem(self._sessions_key(principal.tenant), session)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:
+            if not redis_failure(exc):
+                raise
             log.warning("could not release a session slot (%s)", type(exc).__name__)
 
 

@@ -163,6 +163,11 @@ def _own_client(redis: str | aioredis.Redis) -> aioredis.Redis:
     return aioredis.Redis.from_pool(own)
 
 
+# What a plain client to one cluster node keeps of the cluster client's settings.
+_NODE_KWARGS = frozenset({"username", "password", "credential_provider", "socket_timeout",
+                          "socket_connect_timeout", "client_name", "protocol"})
+
+
 class _ClusterNodes:
     """Plain clients to the nodes of a Redis Cluster, one node after another."""
 
@@ -178,7 +183,7 @@ class _ClusterNodes:
         node = nodes[self._next % len(nodes)]
         self._next += 1
         kwargs = {k: v for k, v in node.connection_kwargs.items()
-                  if k not in _INTERNAL_KWARGS and k not in ("host", "port")}
+                  if k in _NODE_KWARGS or k.startswith("ssl")}
         return aioredis.Redis(host=node.host, port=node.port, retry=Retry(NoBackoff(), 0),
                               **kwargs)
 
@@ -297,9 +302,9 @@ class Notifier:
                 # Anything published while we were away is lost: re-read all.
                 self.wake_all()
                 await self._listen(pubsub)
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # Redis trouble (or redis-py tripping over it): reconnect
                 if self._connected.is_set():
-                    log.warning("notifier lost its Redis connection: %s", exc)
+                    log.warning("notifier lost its Redis connection: %r", exc)
                 self._connected.clear()
             finally:
                 with contextlib.suppress(Exception):

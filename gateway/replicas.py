@@ -31,7 +31,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from redis.exceptions import RedisError
+from common.errors import ParrotError
+
+from .redis_errors import ANY as REDIS_ANY
+from .redis_errors import failure as redis_failure
 
 log = logging.getLogger("parrot.replicas")
 
@@ -126,7 +129,7 @@ class Membership:
             t.cancel()
         await asyncio.gather(*self._adopting.values(), return_exceptions=True)
         if leave:
-            with contextlib.suppress(RedisError, OSError):
+            with contextlib.suppress(*REDIS_ANY):
                 if forget:
                     await self._redis.zrem(self.key, self.id)
                 else:
@@ -145,9 +148,9 @@ class Membership:
         """Renew the lease, refresh the live set, notify listeners, start adoptions."""
         try:
             answer = await self._redis.eval(_BEAT, 1, self.key, self.id, int(self.ttl_s * 1000))
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # Redis trouble, or redis-py tripping over it: keep beating
             if self._connected_since is not None:
-                log.warning("replica %s: heartbeat failed (%s)", self.id, type(exc).__name__)
+                log.warning("replica %s: heartbeat failed (%r)", self.id, exc)
             self._connected_since = None
             return
         mono = time.monotonic()
@@ -182,10 +185,11 @@ class Membership:
         try:
             for fn in self.on_dead:
                 await fn(dead)
-        except (RedisError, OSError) as exc:
-            log.warning("adopting the work of %s failed (%s); will retry", dead, exc)
-        except Exception:
-            log.exception("adopting the work of %s failed", dead)
+        except Exception as exc:
+            if redis_failure(exc) or isinstance(exc, ParrotError):
+                log.warning("adopting the work of %s failed (%r); will retry", dead, exc)
+            else:
+                log.exception("adopting the work of %s failed", dead)
         finally:
             self._adopting.pop(dead, None)
 

@@ -94,8 +94,9 @@ class Run:
 
 
 async def _persist(write: Callable[[], Awaitable[T]], within_s: float = STORE_RETRY_S) -> T:
-    """Run a store write, retrying while Redis is unreachable (a restart, a failover):
-    a result computed by an engine is not thrown away for a short outage."""
+    """Run a store operation, retrying while Redis is unreachable (a restart, a failover):
+    a result computed by an engine is not thrown away, and accepted work does not fail,
+    for a short outage."""
     deadline = time.monotonic() + within_s
     delay = 0.05
     while True:
@@ -153,6 +154,7 @@ class SessionRunner:
         # replica to adopt (drain with peers alive), or another replica adopted them.
         self._handed: set[str] = set()
         self.handed_over = 0  # requests left to other replicas at drain
+        self.live: set[str] = set()  # ids of requests this replica must settle
 
     # -- submission ------------------------------------------------------------------
     async def register(self, sub: Submission) -> Run:
@@ -191,9 +193,14 @@ class SessionRunner:
             # Findable before it is acknowledged: a crash after the answer loses nothing.
             await self.ledger.note(sub.tenant, sub.session)
             work = WorkItem(sub.route, body, sub.request_id, deadline, sub.weight).entry(self.replica)
-        reg = await self.store.register_request(
-            rec, validate=cycle_check(rec, OUTPUT_PARAM), deadline=deadline, work=work
-        )
+        self.live.add(rec.id)
+        try:
+            reg = await self.store.register_request(
+                rec, validate=cycle_check(rec, OUTPUT_PARAM), deadline=deadline, work=work
+            )
+        except BaseException:
+            self.live.discard(rec.id)
+            raise
         self.graphs.added(rec, reg.graph)
         if rec.inputs:
             self._regroup(rec.tenant, rec.session, reg.graph)
@@ -212,6 +219,9 @@ class SessionRunner:
     def adopt(self, rec: RequestRecord, item: WorkItem) -> None:
         """Run a request taken over from a dead replica (gateway/work.py), from the start:
         its client, if it was waiting, is gone; its output variable is what matters."""
+        if rec.id in self.live:
+            return  # already running here
+        self.live.add(rec.id)
         rec.replica, rec.status = self.replica, "waiting"
         rec.ready_at = rec.queued_at = rec.started_at = None
         ctx = RequestContext(request_id=item.request_id, tenant=rec.tenant, session=rec.session,
@@ -351,6 +361,12 @@ class SessionRunner:
 
     # -- outcome ---------------------------------------------------------------------
     async def _fail(self, rec: RequestRecord, exc: BaseException) -> None:
+        try:
+            await self._record_failure(rec, exc)
+        finally:
+            self.live.discard(rec.id)
+
+    async def _record_failure(self, rec: RequestRecord, exc: BaseException) -> None:
         if rec.id in self._handed:
             return  # not ours to settle (any more)
         if isinstance(exc, ParrotError):
@@ -376,6 +392,13 @@ class SessionRunner:
 
     async def _finish(self, rec: RequestRecord, text: str, engine: str, usage: Any,
                       started: float) -> None:
+        try:
+            await self._record_result(rec, text, engine, usage, started)
+        finally:
+            self.live.discard(rec.id)
+
+    async def _record_result(self, rec: RequestRecord, text: str, engine: str, usage: Any,
+                             started: float) -> None:
         rec.status, rec.engine, rec.started_at, rec.finished_at = "done", engine, started, time.time()
         if usage is not None:
             rec.cached_tokens = usage.cached_tokens
@@ -424,7 +447,8 @@ class SessionRunner:
         rec, route = run.rec, run.route
         key = (rec.tenant, rec.session)
         try:
-            engine_body = await self._prepare(run)
+            engine_body = await _persist(lambda: self._prepare(run),
+                                         min(STORE_RETRY_S, max(0.0, run.deadline - time.time())))
             t0 = rec.queued_at = time.time()
             self._queued.setdefault(key, {})[rec.id] = None
             try:
@@ -551,6 +575,7 @@ class SessionRunner:
         for rid in rids:
             if rid in self._work:
                 self._handed.add(rid)
+                self.live.discard(rid)
                 self._work[rid][1].cancel()
 
     async def verify_ownership(self) -> int:

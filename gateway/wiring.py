@@ -10,15 +10,14 @@ its ``start`` and ``stop``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.exceptions import RedisError
 from starlette.requests import Request
 
 from backends.base import Engine
@@ -33,6 +32,7 @@ from .limits import RateLimiter
 from .metrics import Metrics
 from .notifier import Notifier
 from .policy import SchedulerConfig, make_scheduler
+from .redis_errors import failure as redis_failure
 from .replicas import Membership
 from .session_runner import SessionRunner
 from .settings import Settings
@@ -42,7 +42,8 @@ from .work import WorkLedger
 log = logging.getLogger("parrot.gateway")
 
 CLUSTER_SCHEME = "redis+cluster://"
-TRIM_INTERVAL_S = 10.0
+MAINTAIN_S = 10.0  # trim the work index
+RECONCILE_S = 60.0  # re-run own work Redis lost (sooner after an outage)
 
 
 def _driver_info() -> dict[str, Any]:
@@ -101,7 +102,7 @@ class Gateway:
         await self.notifier.start()
         await self.pool.start()
         await self.membership.start()
-        self._loops.append(asyncio.create_task(self._trim_loop(), name="parrot-work-trim"))
+        self._loops.append(asyncio.create_task(self._maintain(), name="parrot-maintain"))
 
     async def stop(self) -> None:
         """Drain; hand what is left to the other replicas if any is alive, else fail it."""
@@ -119,11 +120,22 @@ class Gateway:
         await self.notifier.stop()
         await self.redis.aclose()
 
-    async def _trim_loop(self) -> None:
+    async def _maintain(self) -> None:
+        """Trim the work index; reconcile own work with Redis every ``RECONCILE_S``, and
+        soon after Redis was unavailable (a restart or failover may have lost writes)."""
+        last_reconcile = time.monotonic()
+        outages = self.store.outages + self.notifier.reconnects
         while True:
-            await asyncio.sleep(TRIM_INTERVAL_S)
-            with contextlib.suppress(ParrotError, RedisError, OSError):
+            await asyncio.sleep(MAINTAIN_S)
+            try:
                 await self.ledger.trim(self.sessions.busy_sessions())
+                now_outages = self.store.outages + self.notifier.reconnects
+                if now_outages != outages or time.monotonic() - last_reconcile > RECONCILE_S:
+                    await self.ledger.reconcile(self.sessions.live)
+                    last_reconcile, outages = time.monotonic(), now_outages
+            except Exception as exc:
+                if not (isinstance(exc, ParrotError) or redis_failure(exc)):
+                    log.exception("work maintenance failed")
 
 
 def build_gateway(

@@ -39,13 +39,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.exceptions import RedisError
 
 from common.errors import ParrotError
 from common.types import JSON, Route
 
+from .redis_errors import ANY as REDIS_ANY
 from .store import RequestRecord, SessionStore
-from .store.session_store import parse_tag, session_tag
+from .store.session_store import parse_tag, session_tag, store_errors
 
 log = logging.getLogger("parrot.work")
 
@@ -110,6 +110,7 @@ class WorkLedger:
     def index_key(self, replica: str) -> str:
         return f"{self.prefix}:{{replica:{replica}}}:sessions"
 
+    @store_errors
     async def note(self, tenant: str, session: str) -> None:
         """Make sure this replica's index lists the session (a round trip only the first
         time: until `trim` finds the session idle)."""
@@ -137,9 +138,33 @@ class WorkLedger:
                 _TRIM, 1, self.index_key(self.replica), cutoff, *stale[i:i + _BATCH]))
         return removed
 
+    async def own_sessions(self) -> list[tuple[str, str]]:
+        """The sessions this replica's index lists."""
+        raw = await self._redis.zrange(self.index_key(self.replica), 0, -1)
+        return [parse_tag(t.decode() if isinstance(t, bytes) else t) for t in raw]
+
+    async def reconcile(self, running: set[str]) -> int:
+        """Run again what Redis says this replica owns but it runs nowhere: a result or
+        failure acknowledged by a Redis master that died before replicating it, or lost
+        with the last second of an AOF, leaves its work entry behind as still owned
+        here. ``running``: the request ids this replica is responsible for now."""
+        again = 0
+        for tenant, session in await self.own_sessions():
+            try:
+                claimed = await self.store.claim_work(tenant, session, self.replica, self.replica)
+            except ParrotError:
+                continue
+            for rec, raw in claimed:
+                if rec.id not in running and self.run is not None:
+                    again += 1
+                    self.run(rec, WorkItem.from_json(raw))
+        if again:
+            log.warning("re-running %d request(s) whose outcome Redis lost", again)
+        return again
+
     async def leave(self) -> None:
         """A clean exit with no work left: drop this replica's index."""
-        with contextlib.suppress(RedisError, OSError):
+        with contextlib.suppress(*REDIS_ANY):
             await self._redis.delete(self.index_key(self.replica))
 
     async def adopt(self, dead: str) -> int:

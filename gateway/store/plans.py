@@ -66,6 +66,10 @@ def already_produced(name: str, producer: str) -> Conflict:
     return Conflict(f"variable {name!r} is already produced by request {producer}", param=name)
 
 
+def output_of_request(name: str, producer: str) -> Conflict:
+    return Conflict(f"variable {name!r} is the output of request {producer}", param=name)
+
+
 def missing_variable(name: str) -> NotFound:
     return NotFound(f"variable {name!r} not found", param=name)
 
@@ -163,9 +167,7 @@ def plan_put(
     """A user sets an input: only a pending variable without a producer."""
     _writable(name, current)
     if current is not None and current.producer is not None:
-        raise Conflict(
-            f"variable {name!r} is the output of request {current.producer}", param=name
-        )
+        raise output_of_request(name, current.producer)
     check_count(var_count, current is None, max_variables)
     var = Variable(
         name,

@@ -32,6 +32,7 @@ from .plans import (
     duplicate_request,
     missing_variable,
     not_the_producer,
+    output_of_request,
 )
 from .records import RequestRecord, Variable
 
@@ -151,6 +152,42 @@ if answer[1] == 'ok' then redis.call('PUBLISH', ARGV[9], ARGV[10]) end
 return answer
 """
 
+# KEYS: meta, vars, reqs, work. ARGV: name, value, max variables, now, ttl, deadline ('' for
+# none), channel, event. `plans.plan_put`: a user sets an input, only a pending variable
+# without a producer. Answers: {'ok', consumers JSON}, {'status', status},
+# {'producer', rid}, {'count', stored, new}.
+PUT = """
+local raw = redis.call('HGET', KEYS[2], ARGV[1])
+local consumers = {}
+if raw then
+  local v = cjson.decode(raw)
+  if v.status ~= 'pending' then return {'status', v.status} end
+  if v.producer ~= nil and v.producer ~= cjson.null then return {'producer', v.producer} end
+  if type(v.consumers) == 'table' then consumers = v.consumers end
+else
+  local count = redis.call('HLEN', KEYS[2])
+  if count + 1 > tonumber(ARGV[3]) then return {'count', count, 1} end
+end
+local var = {status = 'ready', value = ARGV[2], error = cjson.null, producer = cjson.null,
+             consumers = consumers, updated_at = tonumber(ARGV[4])}
+redis.call('HSET', KEYS[2], ARGV[1], cjson.encode(var))
+redis.call('HSETNX', KEYS[1], 'created', ARGV[4])
+if ARGV[6] ~= '' then redis.call('HSETNX', KEYS[1], 'deadline', ARGV[6]) end
+redis.call('HINCRBY', KEYS[1], 'version', 1)
+for i = 1, 4 do redis.call('EXPIRE', KEYS[i], ARGV[5]) end
+redis.call('PUBLISH', ARGV[7], ARGV[8])
+local out = '[]'
+if #consumers > 0 then out = cjson.encode(consumers) end
+return {'ok', out}
+"""
+
+# KEYS: meta, vars, reqs, work. ARGV: channel, event. Drops the session, wakes its waiters.
+DELETE = """
+local n = redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return n
+"""
+
 # KEYS: meta, reqs. ARGV: rid, record JSON, ttl. Overwrites an existing record only, and
 # never a finished one with progress (a late progress save racing the final write).
 SAVE_RECORD = """
@@ -236,6 +273,24 @@ def register_outcome(
     if kind == "count":
         check_count(int(answer[1]), int(answer[2]), max_variables)
     raise ServiceUnavailable(f"unexpected registration answer {kind!r}")
+
+
+def put_outcome(answer: list[Any], name: str, value: str, now: float,
+                max_variables: int) -> Variable:
+    """The variable `PUT` wrote; a refusal raises the error `plans.plan_put` raises."""
+    kind = _str(answer[0])
+    if kind == "ok":
+        consumers = orjson.loads(answer[1])
+        return Variable(name, "ready", value=value,
+                        consumers=list(consumers) if isinstance(consumers, list) else [],
+                        updated_at=now)
+    if kind == "status":
+        raise already_settled(name, _str(answer[1]))
+    if kind == "producer":
+        raise output_of_request(name, _str(answer[1]))
+    if kind == "count":
+        check_count(int(answer[1]), int(answer[2]), max_variables)
+    raise ServiceUnavailable(f"unexpected put answer {kind!r}")
 
 
 def settle_outcome(

@@ -41,13 +41,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote, unquote
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
 from common.errors import BadRequest, ServiceUnavailable
 from common.ids import is_session_id
 from gateway.notifier import Event, Notifier, channel_name
+from gateway.redis_errors import unavailable
 
 from . import scripts
 from .plans import (
@@ -117,15 +116,19 @@ def _str(x: bytes | str) -> str:
     return x.decode() if isinstance(x, bytes) else x
 
 
-def _store_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+def store_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     """Redis connection trouble becomes ServiceUnavailable (503) at the store's surface."""
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> T:
         try:
             return await fn(*args, **kwargs)
-        except (RedisConnectionError, RedisTimeoutError) as exc:
-            raise ServiceUnavailable("state store unavailable") from exc
+        except Exception as exc:
+            if unavailable(exc):
+                if args and hasattr(args[0], "outages"):
+                    args[0].outages += 1
+                raise ServiceUnavailable("state store unavailable") from exc
+            raise
 
     return wrapper
 
@@ -177,6 +180,7 @@ class SessionStore:
         self.recheck_s = recheck_s  # safety re-read while waiting (heals lost messages)
         self._clock = clock
         self._locks = _KeyedLocks()
+        self.outages = 0  # operations that found Redis unavailable (a restart, a failover)
 
     def attach_notifier(self, notifier: Notifier) -> None:
         """Give the store the notifier `wait_variables` sleeps on."""
@@ -208,6 +212,11 @@ class SessionStore:
                         await pipe.execute()
                     except WatchError:
                         continue
+                    # After the commit, not inside it: a Redis Cluster transaction takes
+                    # only commands of its slot, and PUBLISH has none.
+                    for name, kind in plan.events:
+                        await self._redis.publish(
+                            keys.channel, Event(tenant, session, kind, name).encode())
                     self._wake_here(tenant, session, plan.events, plan.variables)
                     return plan.result
         raise ServiceUnavailable("state store contention: too many concurrent writers")
@@ -231,8 +240,6 @@ class SessionStore:
             pipe.hdel(keys.work, *plan.done)
         for key in keys.data:
             pipe.expire(key, self.ttl_s)
-        for name, kind in plan.events:
-            pipe.publish(keys.channel, Event(tenant, session, kind, name).encode())
 
     @staticmethod
     async def _load_vars(
@@ -244,7 +251,7 @@ class SessionStore:
         raw = await pipe.hmget(keys.vars, names)
         return {n: Variable.from_json(n, r) if r is not None else None for n, r in zip(names, raw)}
 
-    @_store_errors
+    @store_errors
     async def register_request(
         self,
         rec: RequestRecord,
@@ -311,7 +318,7 @@ class SessionStore:
         answer = await self._redis.eval(scripts.REGISTER, 4, *keys.data, *args)
         return scripts.register_outcome(answer, rec, self.max_variables)
 
-    @_store_errors
+    @store_errors
     async def put_variable(
         self, tenant: str, session: str, name: str, value: str, *, deadline: float | None = None
     ) -> Variable:
@@ -321,6 +328,9 @@ class SessionStore:
         ready/failed or is some request's output.
         """
         check_size(name, value, self.max_value_bytes)
+        fast = await self._put_fast(tenant, session, name, value, deadline)
+        if fast is not None:
+            return fast
 
         async def decide(pipe: Pipeline, keys: SessionKeys) -> Plan:
             current = (await self._load_vars(pipe, keys, [name]))[name]
@@ -332,7 +342,21 @@ class SessionStore:
         result: Variable = await self._transact(tenant, session, decide)
         return result
 
-    @_store_errors
+    async def _put_fast(self, tenant: str, session: str, name: str, value: str,
+                        deadline: float | None) -> Variable | None:
+        """`plan_put` and its writes in one script. None only where a test turns it off."""
+        keys = self.keys(tenant, session)
+        now = self._clock()
+        answer = await self._redis.eval(
+            scripts.PUT, 4, *keys.data, name, value, self.max_variables, repr(now), self.ttl_s,
+            "" if deadline is None else repr(deadline), keys.channel,
+            Event(tenant, session, "ready", name).encode(),
+        )
+        var = scripts.put_outcome(answer, name, value, now, self.max_variables)
+        self._wake_here(tenant, session, [(name, "ready")], [var])
+        return var
+
+    @store_errors
     async def set_result(
         self,
         tenant: str,
@@ -367,7 +391,7 @@ class SessionStore:
         result: Variable = await self._transact(tenant, session, decide)
         return result
 
-    @_store_errors
+    @store_errors
     async def fail_variable(
         self, tenant: str, session: str, name: str, error: str,
         *, record: RequestRecord | None = None,
@@ -426,7 +450,7 @@ class SessionStore:
             self.notifier.dispatch(Event(tenant, session, kind, name, value=value,
                                          written_at=now if value is not None else None))
 
-    @_store_errors
+    @store_errors
     async def save_request(self, rec: RequestRecord) -> bool:
         """Overwrite a request record's progress fields in one round trip.
 
@@ -441,49 +465,46 @@ class SessionStore:
         )
         return bool(saved)
 
-    @_store_errors
+    @store_errors
     async def delete_session(self, tenant: str, session: str) -> bool:
         """Drop every key of the session and wake its waiters; False if it did not exist.
 
         Cancelling its pending requests is the caller's job (list them first).
         """
         keys = self.keys(tenant, session)
-        async with self._locks.hold(keys.meta):
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.delete(*keys.data)
-                pipe.publish(keys.channel, Event(tenant, session, "deleted").encode())
-                deleted, _ = await pipe.execute()
+        deleted = await self._redis.eval(scripts.DELETE, 4, *keys.data, keys.channel,
+                                         Event(tenant, session, "deleted").encode())
         self._wake_here(tenant, session, [(None, "deleted")])
         return int(deleted) > 0
 
     # -------------------------------------------------------------- reads
 
-    @_store_errors
+    @store_errors
     async def get_variable(self, tenant: str, session: str, name: str) -> Variable | None:
         raw = await self._redis.hget(self.keys(tenant, session).vars, name)
         return Variable.from_json(name, raw) if raw is not None else None
 
-    @_store_errors
+    @store_errors
     async def list_variables(self, tenant: str, session: str) -> list[Variable]:
         raw = await self._redis.hgetall(self.keys(tenant, session).vars)
         return sorted(
             (Variable.from_json(_str(k), v) for k, v in raw.items()), key=lambda v: v.name
         )
 
-    @_store_errors
+    @store_errors
     async def list_requests(self, tenant: str, session: str) -> list[RequestRecord]:
         """Records in creation order."""
         raw = await self._redis.hgetall(self.keys(tenant, session).reqs)
         recs = [RequestRecord.from_json(v) for v in raw.values()]
         return sorted(recs, key=lambda r: (r.created_at, r.id))
 
-    @_store_errors
+    @store_errors
     async def session_exists(self, tenant: str, session: str) -> bool:
         return bool(await self._redis.exists(self.keys(tenant, session).meta))
 
     # -------------------------------------------------------------- waits
 
-    @_store_errors
+    @store_errors
     async def read_graph(self, tenant: str, session: str) -> tuple[list[RequestRecord], int]:
         """Every record (creation order) and the graph version they are at, in one read."""
         keys = self.keys(tenant, session)
@@ -497,7 +518,7 @@ class SessionStore:
 
     # -------------------------------------------------------------- work records
 
-    @_store_errors
+    @store_errors
     async def claim_work(
         self, tenant: str, session: str, dead: str, owner: str
     ) -> list[tuple[RequestRecord, bytes]]:
@@ -508,7 +529,7 @@ class SessionStore:
         return [(RequestRecord.from_json(raw[i + 1]), bytes(raw[i + 2]))
                 for i in range(0, len(raw), 3)]
 
-    @_store_errors
+    @store_errors
     async def work_owner(self, tenant: str, session: str, rid: str) -> str | None:
         """The replica that owns request `rid`'s work now (None: finished or unknown)."""
         keys = self.keys(tenant, session)
@@ -517,7 +538,7 @@ class SessionStore:
 
     # -------------------------------------------------------------- waits
 
-    @_store_errors
+    @store_errors
     async def _wait_read(
         self, tenant: str, session: str, names: list[str]
     ) -> tuple[dict[str, Variable], int | None]:
