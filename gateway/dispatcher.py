@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from backends.base import (
     EngineCall,
@@ -34,6 +34,7 @@ from .metrics import Metrics
 from .policy import Dispatch, Job, Policy
 
 log = logging.getLogger("parrot.scheduler")
+T = TypeVar("T")
 
 
 @dataclass
@@ -77,6 +78,13 @@ def _has_output(chunk: JSON) -> bool:
         if delta.get("reasoning_content"):
             return True
     return bool(chunk.get("usage"))
+
+
+async def _numbered(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
+    n = 0
+    async for item in items:
+        yield n, item
+        n += 1
 
 
 def map_failure(exc: EngineFailure) -> ParrotError:
@@ -215,8 +223,11 @@ class Dispatcher:
             if attempt < self.retry_budget:
                 self.metrics.retries.inc()
 
-    def _call_for(self, call: EngineCall, d: Dispatch) -> EngineCall:
-        return replace(call, priority=d.priority if call.priority is None else call.priority)
+    def _call_for(self, call: EngineCall, d: Dispatch, attempt: int) -> EngineCall:
+        # A retry gets its own rid: the engine may still be running (or aborting) the
+        # attempt whose connection broke, and SGLang refuses a rid that is in flight.
+        return replace(call, priority=d.priority if call.priority is None else call.priority,
+                       rid=call.rid if attempt == 0 else f"{call.rid}-retry{attempt}")
 
     def _fail(self, d: Dispatch, exc: EngineFailure) -> None:
         self.metrics.engine_errors.labels(d.engine, type(exc).__name__).inc()
@@ -227,11 +238,11 @@ class Dispatcher:
     async def complete(self, job: Job, call: EngineCall) -> Outcome:
         """Run a non-streaming call, retrying on another engine when that is safe."""
         last: EngineFailure | None = None
-        async for d, t0 in self._attempts(job):
+        async for attempt, (d, t0) in _numbered(self._attempts(job)):
             started = self.clock()
             engine = self.pool.get(d.engine).engine
             try:
-                body = await engine.complete(self._call_for(call, d))
+                body = await engine.complete(self._call_for(call, d, attempt))
             except EngineFailure as exc:
                 self._fail(d, exc)
                 last = exc
@@ -265,14 +276,14 @@ class Dispatcher:
         the caller decides whether to forward it.
         """
         last: EngineFailure | None = None
-        async for d, t0 in self._attempts(job):
+        async for attempt, (d, t0) in _numbered(self._attempts(job)):
             started = self.clock()
             engine = self.pool.get(d.engine).engine
             first = True
             cached: int | None = None
             try:
                 prefilled = False
-                async for chunk in engine.stream(self._call_for(call, d)):
+                async for chunk in engine.stream(self._call_for(call, d, attempt)):
                     if first:
                         first = False
                         if on_start is not None:

@@ -399,6 +399,8 @@ class SessionRunner:
 
     async def _record_result(self, rec: RequestRecord, text: str, engine: str, usage: Any,
                              started: float) -> None:
+        if rec.id in self._handed:
+            return  # another replica runs (or ran) it; its outcome is that one's to write
         rec.status, rec.engine, rec.started_at, rec.finished_at = "done", engine, started, time.time()
         if usage is not None:
             rec.cached_tokens = usage.cached_tokens
@@ -424,7 +426,11 @@ class SessionRunner:
         never past its deadline, instead of failing at once."""
         first_failure: float | None = None
         delay = 0.1
+        tries = 0
         while True:
+            if tries:  # a fresh engine rid: the broken attempt may still be in flight there
+                run.ctx.request_id = f"{run.rec.id}-again{tries}"
+            tries += 1
             remaining = run.deadline - time.time()
             if remaining <= 0:
                 raise GatewayTimeout("session deadline passed", code="deadline_exceeded")
@@ -449,6 +455,7 @@ class SessionRunner:
         try:
             engine_body = await _persist(lambda: self._prepare(run),
                                          min(STORE_RETRY_S, max(0.0, run.deadline - time.time())))
+            self._still_ours(rec)
             t0 = rec.queued_at = time.time()
             self._queued.setdefault(key, {})[rec.id] = None
             try:
@@ -463,6 +470,13 @@ class SessionRunner:
         except BaseException as exc:
             await asyncio.shield(self._fail(rec, exc))
             raise
+
+    def _still_ours(self, rec: RequestRecord) -> None:
+        """Stop here if the request was handed over. A cancellation can be lost (Python
+        3.11's wait_for returns the result instead of raising when its inner future
+        completes as the task is cancelled), so the flag is checked as well."""
+        if rec.id in self._handed:
+            raise asyncio.CancelledError()
 
     def _unqueue(self, key: tuple[str, str], rid: str) -> None:
         queued = self._queued.get(key)
