@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "sim":
         from backends.sim.cli import main as sim_main
 
+        from .embedded import watch_parent
+
+        watch_parent()  # started by `serve`: do not outlive it
         return sim_main(argv[1:])
     if argv and argv[0] == "bench":
         from benchmarks.cli import main as bench_main

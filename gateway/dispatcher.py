@@ -80,6 +80,16 @@ def _has_output(chunk: JSON) -> bool:
     return bool(chunk.get("usage"))
 
 
+def no_engine() -> ServiceUnavailable:
+    return ServiceUnavailable("no engine available", code="no_engine",
+                              headers={"Retry-After": "2"})
+
+
+def overloaded(why: str) -> ServiceUnavailable:
+    return ServiceUnavailable(f"gateway over capacity: {why}; retry later", code="overloaded",
+                              headers={"Retry-After": "1"})
+
+
 async def _numbered(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
     n = 0
     async for item in items:
@@ -105,12 +115,14 @@ class Dispatcher:
         metrics: Metrics,
         *,
         retry_budget: int = 2,
+        max_queued: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self.pool = pool
         self.metrics = metrics
         self.retry_budget = retry_budget
+        self.max_queued = max_queued  # plain requests waiting here (None: no bound)
         self.clock = clock
         self._waiting: dict[str, asyncio.Future[Dispatch]] = {}
         self._running: dict[str, str] = {}  # job id -> engine
@@ -135,7 +147,7 @@ class Dispatcher:
         if not self.pool.healthy():
             for fut in self._waiting.values():
                 if not fut.done():
-                    fut.set_exception(ServiceUnavailable("no engine available"))
+                    fut.set_exception(no_engine())
         self._pump()
 
     def _on_load(self, state: EngineState, load: EngineLoad) -> None:
@@ -148,7 +160,12 @@ class Dispatcher:
     async def acquire(self, job: Job) -> Dispatch:
         """Queue ``job`` and wait until the policy gives it an engine."""
         if not self.pool.healthy():
-            raise ServiceUnavailable("no engine available", code="no_engine")
+            raise no_engine()
+        if self.max_queued is not None and job.session is None and \
+                len(self._waiting) >= self.max_queued:
+            # Refused before anything was sent: the client may retry. Semantic work, once
+            # accepted, is never refused here; it waits its turn.
+            raise overloaded(f"{len(self._waiting)} requests already wait for an engine")
         fut: asyncio.Future[Dispatch] = asyncio.get_running_loop().create_future()
         self._waiting[job.id] = fut
         request = job.id.rsplit(":", 1)[0]

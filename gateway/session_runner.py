@@ -42,6 +42,7 @@ from common.errors import (
 from common.types import JSON, Route
 
 from .completion import Completions, RequestContext, prompt_shape
+from .dispatcher import no_engine, overloaded
 from .metrics import Metrics
 from .session_graph import Analysis, GraphCache, cycle_check, graph_view
 from .settings import Settings
@@ -174,6 +175,10 @@ class SessionRunner:
         if sub.output is not None and sub.output in inputs:
             raise DependencyCycle([sub.output, "request", sub.output])
         self.completions.resolve_model(body)
+        if len(self.live) >= self.settings.max_accepted_requests:
+            raise overloaded(f"{len(self.live)} semantic requests accepted and unfinished")
+        if not self.completions.pool.healthy():
+            raise no_engine()  # nothing could run it now: refuse rather than accept
         now = time.time()
         rec = RequestRecord(
             id="pr-" + uuid.uuid4().hex[:16],

@@ -65,6 +65,16 @@ class Settings(BaseModel):
         True, description="Stream from engines even for non-streaming clients (prefill signal)."
     )
     retry_budget: int = Field(2, ge=0, description="Retries on another engine before first token.")
+    max_queued_requests: int = Field(
+        4096, ge=1,
+        description="Plain requests waiting for an engine per replica; past it new ones get "
+        "503 overloaded with Retry-After.",
+    )
+    max_accepted_requests: int = Field(
+        20000, ge=1,
+        description="Semantic requests accepted and unfinished per replica; past it new ones "
+        "get 503 overloaded with Retry-After before anything is recorded.",
+    )
     engine_wait_s: float = Field(
         120.0, ge=0,
         description="How long accepted semantic work waits for an engine back in rotation "

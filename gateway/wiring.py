@@ -160,7 +160,8 @@ def build_gateway(
         max_inflight_per_engine=settings.max_inflight_per_engine,
     )
     policy = make_scheduler(settings.scheduler_policy, SchedulerConfig.from_settings(settings))
-    dispatcher = Dispatcher(policy, pool, metrics, retry_budget=settings.retry_budget)
+    dispatcher = Dispatcher(policy, pool, metrics, retry_budget=settings.retry_budget,
+                            max_queued=settings.max_queued_requests)
     completions = Completions(
         pool, dispatcher, metrics, stream_internally=settings.engine_streaming,
         block_tokens=settings.prefix_block_tokens,
