@@ -47,6 +47,7 @@ class RequestContext:
     prompt: PromptShape | None = None  # already measured (semantic requests)
     app_started: float | None = None  # wall time its application (session) started
     downstream_s: float = 0.0  # estimated work after it on its application's critical path
+    on_usage: Callable[[Usage], Any] | None = None  # hears the engine's usage (tpm correction)
 
 
 def prompt_text(route: Route, body: JSON) -> str:
@@ -155,6 +156,8 @@ class Completions:
         if outcome.usage:
             u = outcome.usage
             self.metrics.observe_usage(u.prompt_tokens, u.cached_tokens, u.completion_tokens)
+            if ctx.on_usage is not None:
+                ctx.on_usage(u)
         return outcome
 
     async def _assembled(self, route: Route, job: Job, call: EngineCall) -> Outcome:
@@ -198,6 +201,8 @@ class Completions:
                 )
                 if on_usage is not None:
                     on_usage(usage)
+                if ctx.on_usage is not None:
+                    ctx.on_usage(usage)
                 if not want_usage:
                     if not chunk.get("choices"):
                         continue

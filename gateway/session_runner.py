@@ -71,6 +71,7 @@ class Submission:
     criteria: str = "latency"
     timeout_s: float = 600.0
     weight: float = 1.0
+    on_usage: Callable[[Any], Any] | None = None  # the engine's usage, once known (limits)
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,7 @@ class SessionRunner:
             deadline = min(deadline, reg.deadline)
         ctx = RequestContext(
             request_id=sub.request_id, tenant=sub.tenant, session=sub.session,
-            weight=sub.weight, app_started=reg.created,
+            weight=sub.weight, app_started=reg.created, on_usage=sub.on_usage,
         )
         return Run(rec, sub.route, body, ctx, deadline)
 
