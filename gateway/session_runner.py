@@ -18,9 +18,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 from analysis.placeholders import (
     input_names,
@@ -45,92 +44,26 @@ from .completion import Completions, RequestContext, prompt_shape
 from .dispatcher import no_engine, overloaded
 from .metrics import Metrics
 from .session_graph import Analysis, GraphCache, cycle_check, graph_view
+from .session_types import (
+    STORE_RETRY_S,
+    Inputs,
+    Run,
+    Submission,
+    choice_text,
+    chunk_text,
+    persist,
+)
 from .settings import Settings
 from .store import RequestRecord, SessionStore, Variable
 from .work import WorkItem, WorkLedger
 
+__all__ = ["Inputs", "Run", "SessionRunner", "Submission"]
+
 log = logging.getLogger("parrot.sessions")
 
 PREFIX_HASH_BLOCKS = 128
-STORE_RETRY_S = 30.0  # how long a finished request retries saving its result
 PROGRESS_SAVE_S = 1.0  # a request still queued this long shows so in its session graph
 OUTPUT_PARAM = "x-parrot-output"  # where a second producer is reported (the header)
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Submission:
-    """One semantic request as the runner takes it, whoever received it."""
-
-    tenant: str
-    session: str
-    route: Route
-    body: JSON
-    request_id: str
-    output: str | None = None
-    criteria: str = "latency"
-    timeout_s: float = 600.0
-    weight: float = 1.0
-    on_usage: Callable[[Any], Any] | None = None  # the engine's usage, once known (limits)
-
-
-@dataclass(frozen=True)
-class Inputs:
-    """A request's input values once ready, the session's graph version read with them
-    (None: not read) and when the last of them was written (epoch s)."""
-
-    values: dict[str, str]
-    version: int | None
-    written_at: float | None
-
-
-@dataclass
-class Run:
-    """A registered request and what running it needs."""
-
-    rec: RequestRecord
-    route: Route
-    body: JSON
-    ctx: RequestContext
-    deadline: float  # absolute epoch time: the session deadline of this request
-
-
-async def _persist(write: Callable[[], Awaitable[T]], within_s: float = STORE_RETRY_S) -> T:
-    """Run a store operation, retrying while Redis is unreachable (a restart, a failover):
-    a result computed by an engine is not thrown away, and accepted work does not fail,
-    for a short outage."""
-    deadline = time.monotonic() + within_s
-    delay = 0.05
-    while True:
-        try:
-            return await write()
-        except ServiceUnavailable:
-            if time.monotonic() + delay > deadline:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
-def choice_text(route: Route, body: JSON) -> str:
-    choices = body.get("choices") or []
-    if not choices:
-        return ""
-    c0 = choices[0]
-    if route == "chat":
-        return str((c0.get("message") or {}).get("content") or "")
-    return str(c0.get("text") or "")
-
-
-def chunk_text(route: Route, chunk: JSON) -> str:
-    out = []
-    for c in chunk.get("choices") or []:
-        if c.get("index", 0) != 0:
-            continue
-        if route == "chat":
-            out.append(str((c.get("delta") or {}).get("content") or ""))
-        else:
-            out.append(str(c.get("text") or ""))
-    return "".join(out)
 
 
 class SessionRunner:
@@ -388,11 +321,11 @@ class SessionRunner:
         try:
             if rec.output:
                 output = rec.output
-                if await _persist(lambda: self.store.fail_variable(
+                if await persist(lambda: self.store.fail_variable(
                         rec.tenant, rec.session, output, reason, record=rec)):
                     self.metrics.variables.labels("failed").inc()
             else:
-                await _persist(lambda: self.store.save_request(rec))
+                await persist(lambda: self.store.save_request(rec))
         except ParrotError:
             log.warning("could not record failure of %s (state store down)", rec.id)
 
@@ -415,7 +348,7 @@ class SessionRunner:
         if rec.output:
             output = rec.output
             try:
-                await _persist(lambda: self.store.set_result(
+                await persist(lambda: self.store.set_result(
                     rec.tenant, rec.session, output, text, producer=rec.id, record=rec))
             except Conflict:
                 # Settled already: another replica ran it too (it adopted it while our
@@ -424,7 +357,7 @@ class SessionRunner:
                 return
             self.metrics.variables.labels("ready").inc()
         else:
-            await _persist(lambda: self.store.save_request(rec))
+            await persist(lambda: self.store.save_request(rec))
 
     async def _complete(self, run: Run, body: JSON) -> Any:
         """The engine call of accepted work: while no engine is in rotation (all down, or
@@ -459,7 +392,7 @@ class SessionRunner:
         rec, route = run.rec, run.route
         key = (rec.tenant, rec.session)
         try:
-            engine_body = await _persist(lambda: self._prepare(run),
+            engine_body = await persist(lambda: self._prepare(run),
                                          min(STORE_RETRY_S, max(0.0, run.deadline - time.time())))
             self._still_ours(rec)
             t0 = rec.queued_at = time.time()

@@ -33,22 +33,17 @@ replicas. Waits long-poll on the notifier's events with a periodic re-read.
 from __future__ import annotations
 
 import asyncio
-import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, TypeVar
-from urllib.parse import quote, unquote
 
 from redis.exceptions import WatchError
 
-from common.errors import BadRequest, ServiceUnavailable
-from common.ids import is_session_id
-from gateway.notifier import Event, Notifier, channel_name
-from gateway.redis_errors import unavailable
+from common.errors import ServiceUnavailable
+from gateway.notifier import Event, Notifier
 
 from . import scripts
+from .keys import KeyedLocks, SessionKeys, parse_tag, session_tag, store_errors, to_str
 from .plans import (
     Plan,
     Registered,
@@ -63,6 +58,9 @@ from .plans import (
 )
 from .records import RequestRecord, Variable
 
+__all__ = ["SESSION_DELETED", "SessionKeys", "SessionStore", "parse_tag", "session_tag",
+           "store_errors"]
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
     from redis.asyncio.client import Pipeline
@@ -71,87 +69,6 @@ T = TypeVar("T")
 
 SESSION_DELETED = "session deleted"
 _MAX_ATTEMPTS = 50  # WATCH retries before calling it contention
-
-
-@dataclass(frozen=True)
-class SessionKeys:
-    """The Redis keys and pub/sub channel of one session (layout in the module docstring)."""
-
-    meta: str
-    vars: str
-    reqs: str
-    work: str
-    channel: str
-    tag: str
-
-    @classmethod
-    def of(cls, prefix: str, tenant: str, session: str) -> SessionKeys:
-        if not is_session_id(session):
-            raise BadRequest(f"invalid session id {session!r}", param="X-Parrot-Session")
-        tag = session_tag(tenant, session)
-        base = f"{prefix}:{{{tag}}}"
-        return cls(f"{base}:meta", f"{base}:vars", f"{base}:reqs", f"{base}:work",
-                   channel_name(prefix, tag), tag)
-
-    @property
-    def data(self) -> tuple[str, str, str, str]:
-        return (self.meta, self.vars, self.reqs, self.work)
-
-
-def session_tag(tenant: str, session: str) -> str:
-    """The hash tag of a session: ``<percent-encoded tenant>:<session>``."""
-    return f"{quote(tenant, safe='')}:{session}"
-
-
-def parse_tag(tag: str) -> tuple[str, str]:
-    """(tenant, session) of a `session_tag` (the tenant holds no ``:`` once encoded)."""
-    tenant, _, session = tag.partition(":")
-    return unquote(tenant), session
-
-
-# ----------------------------------------------------------------------- I/O
-
-
-def _str(x: bytes | str) -> str:
-    return x.decode() if isinstance(x, bytes) else x
-
-
-def store_errors(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Redis connection trouble becomes ServiceUnavailable (503) at the store's surface."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            return await fn(*args, **kwargs)
-        except Exception as exc:
-            if unavailable(exc):
-                if args and hasattr(args[0], "outages"):
-                    args[0].outages += 1
-                raise ServiceUnavailable("state store unavailable") from exc
-            raise
-
-    return wrapper
-
-
-class _KeyedLocks:
-    """asyncio locks by key, dropped when nobody holds or waits for them."""
-
-    def __init__(self) -> None:
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def hold(self, key: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(key, (asyncio.Lock(), 0))
-        self._locks[key] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[key]
-            if users == 1:
-                del self._locks[key]
-            else:
-                self._locks[key] = (lock, users - 1)
 
 
 class SessionStore:
@@ -179,7 +96,7 @@ class SessionStore:
         self.prefix = prefix
         self.recheck_s = recheck_s  # safety re-read while waiting (heals lost messages)
         self._clock = clock
-        self._locks = _KeyedLocks()
+        self._locks = KeyedLocks()
         self.outages = 0  # operations that found Redis unavailable (a restart, a failover)
 
     def attach_notifier(self, notifier: Notifier) -> None:
@@ -488,7 +405,7 @@ class SessionStore:
     async def list_variables(self, tenant: str, session: str) -> list[Variable]:
         raw = await self._redis.hgetall(self.keys(tenant, session).vars)
         return sorted(
-            (Variable.from_json(_str(k), v) for k, v in raw.items()), key=lambda v: v.name
+            (Variable.from_json(to_str(k), v) for k, v in raw.items()), key=lambda v: v.name
         )
 
     @store_errors
@@ -533,7 +450,7 @@ class SessionStore:
     async def work_owner(self, tenant: str, session: str, rid: str) -> str | None:
         """The replica that owns request `rid`'s work now (None: finished or unknown)."""
         keys = self.keys(tenant, session)
-        owner = _str(await self._redis.eval(scripts.OWNER, 1, keys.work, rid))
+        owner = to_str(await self._redis.eval(scripts.OWNER, 1, keys.work, rid))
         return owner or None
 
     # -------------------------------------------------------------- waits
