@@ -246,11 +246,17 @@ class Dispatcher:
         return replace(call, priority=d.priority if call.priority is None else call.priority,
                        rid=call.rid if attempt == 0 else f"{call.rid}-retry{attempt}")
 
-    def _fail(self, d: Dispatch, exc: EngineFailure) -> None:
+    async def _fail(self, d: Dispatch, exc: EngineFailure) -> None:
         self.metrics.engine_errors.labels(d.engine, type(exc).__name__).inc()
-        if not isinstance(exc, EngineRejected):
-            self.pool.record_failure(d.engine, fatal=isinstance(exc, EngineConnectFailed))
-        self.finish(d.job_id, ok=isinstance(exc, EngineRejected))
+        try:  # the engine's state first, so the slot freed below is not given to it if dead
+            if isinstance(exc, EngineConnectFailed):
+                self.pool.record_failure(d.engine, fatal=True)
+            elif isinstance(exc, EngineUnreachable):
+                await self.pool.check_broken(d.engine)  # dead, or one broken connection?
+            elif not isinstance(exc, EngineRejected):
+                self.pool.record_failure(d.engine)
+        finally:
+            self.finish(d.job_id, ok=isinstance(exc, EngineRejected))
 
     async def complete(self, job: Job, call: EngineCall) -> Outcome:
         """Run a non-streaming call, retrying on another engine when that is safe."""
@@ -261,7 +267,7 @@ class Dispatcher:
             try:
                 body = await engine.complete(self._call_for(call, d, attempt))
             except EngineFailure as exc:
-                self._fail(d, exc)
+                await self._fail(d, exc)
                 last = exc
                 if exc.retryable and len(self.pool.healthy()) > 0:
                     log.warning("request %s failed on %s (%s); retrying", job.id, d.engine, exc)
@@ -317,7 +323,7 @@ class Dispatcher:
                         cached = usage.cached_tokens
                     yield chunk
             except EngineFailure as exc:
-                self._fail(d, exc)
+                await self._fail(d, exc)
                 last = exc
                 if (first or restartable) and exc.retryable and len(self.pool.healthy()) > 0:
                     if not first:

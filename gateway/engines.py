@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from backends.base import Engine, EngineFailure, EngineLoad
 
@@ -42,6 +43,22 @@ class EngineState:
     last_progress: float = 0.0  # monotonic time of the last sign of life (answer, token)
     load: EngineLoad | None = None
     known: bool = False  # info fetched at least once
+
+
+async def refuses_connections(url: str, timeout: float = 1.0) -> bool:
+    """Does the engine's address actively refuse a TCP connection (no process listens)?
+    A timeout or anything else is not proof of death."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname or "127.0.0.1", port), timeout)
+    except ConnectionRefusedError:
+        return True
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return False
 
 
 RotationListener = Callable[[EngineState], None]
@@ -108,10 +125,11 @@ class EnginePool:
         started = time.monotonic()
         ok = await state.engine.health()
         if not ok and state.healthy:
-            if state.last_progress >= started - self.health_interval_s:
-                return  # it answered requests meanwhile: busy, not dead
-            self.record_failure(state.id)  # ejects only after breaker_failures in a row
-            return
+            if await refuses_connections(state.engine.url):
+                self.record_failure(state.id, fatal=True)  # nothing listens: down now
+            elif state.last_progress < started - self.health_interval_s:
+                self.record_failure(state.id)  # ejects only after breaker_failures in a row
+            return  # (a probe failing while requests still get answers: busy, not dead)
         if ok and not state.known:
             try:
                 info = await state.engine.info()
@@ -146,6 +164,14 @@ class EnginePool:
         log.warning("engine %s %s rotation", state.id, "joined" if ok else "left")
         for fn in self.on_rotation:
             fn(state)
+
+    async def check_broken(self, engine_id: str) -> None:
+        """A connection to the engine broke mid-request: if it now refuses connections the
+        process is gone (eject at once); otherwise it counts as one failure."""
+        if await refuses_connections(self.states[engine_id].engine.url):
+            self.record_failure(engine_id, fatal=True)
+        else:
+            self.record_failure(engine_id)
 
     def record_success(self, engine_id: str) -> None:
         """A sign of life: an answer, or a stream's first token."""

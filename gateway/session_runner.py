@@ -62,6 +62,7 @@ __all__ = ["Inputs", "Run", "SessionRunner", "Submission"]
 log = logging.getLogger("parrot.sessions")
 
 PREFIX_HASH_BLOCKS = 128
+DEADLINE_GRACE_S = 1.0  # see _inputs
 PROGRESS_SAVE_S = 1.0  # a request still queued this long shows so in its session graph
 OUTPUT_PARAM = "x-parrot-output"  # where a second producer is reported (the header)
 
@@ -207,6 +208,13 @@ class SessionRunner:
         remaining = deadline - time.time()
         states, version = await self.store.wait_inputs(
             rec.tenant, rec.session, rec.inputs, max(0.0, remaining))
+        if any(v.status == "pending" and v.producer for v in states.values()) and \
+                not any(v.status == "failed" for v in states.values()):
+            # A moment past the deadline for inputs some request produces: one whose
+            # producer fails *at* the deadline is then reported as what it is
+            # (upstream_failed, naming it), not as our own timeout.
+            states, version = await self.store.wait_inputs(
+                rec.tenant, rec.session, rec.inputs, DEADLINE_GRACE_S)
         values: dict[str, str] = {}
         for name in rec.inputs:
             var: Variable | None = states.get(name)
