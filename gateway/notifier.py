@@ -250,17 +250,25 @@ class Notifier:
         self, tenant: str, session: str, names: Iterable[str] | None = None
     ) -> Iterator[Waiter]:
         """Register a waiter for `names` (None: any variable) of one session."""
-        key = (tenant, session)
-        waiter = Waiter(frozenset(names) if names is not None else None)
-        self._waiters.setdefault(key, set()).add(waiter)
+        waiter = self.open(tenant, session, names)
         try:
             yield waiter
         finally:
-            group = self._waiters.get(key)
-            if group is not None:
-                group.discard(waiter)
-                if not group:
-                    del self._waiters[key]
+            self.close(tenant, session, waiter)
+
+    def open(self, tenant: str, session: str, names: Iterable[str] | None = None) -> Waiter:
+        """`watch` without the block: the caller must `close` it."""
+        waiter = Waiter(frozenset(names) if names is not None else None)
+        self._waiters.setdefault((tenant, session), set()).add(waiter)
+        return waiter
+
+    def close(self, tenant: str, session: str, waiter: Waiter) -> None:
+        key = (tenant, session)
+        group = self._waiters.get(key)
+        if group is not None:
+            group.discard(waiter)
+            if not group:
+                del self._waiters[key]
 
     def dispatch(self, event: Event) -> None:
         if event.kind == "graph":

@@ -134,12 +134,16 @@ class SessionRunner:
             await self.ledger.note(sub.tenant, sub.session)
             work = WorkItem(sub.route, body, sub.request_id, deadline, sub.weight).entry(self.replica)
         self.live.add(rec.id)
+        notifier = self.store.notifier
+        waiter = notifier.open(rec.tenant, rec.session, inputs) if inputs and notifier else None
         try:
             reg = await self.store.register_request(
                 rec, validate=cycle_check(rec, OUTPUT_PARAM), deadline=deadline, work=work
             )
         except BaseException:
             self.live.discard(rec.id)
+            if waiter is not None and notifier is not None:
+                notifier.close(rec.tenant, rec.session, waiter)
             raise
         self.graphs.added(rec, reg.graph)
         if rec.inputs:
@@ -150,7 +154,8 @@ class SessionRunner:
             request_id=sub.request_id, tenant=sub.tenant, session=sub.session,
             weight=sub.weight, app_started=reg.created, on_usage=sub.on_usage,
         )
-        return Run(rec, sub.route, body, ctx, deadline)
+        initial = (reg.inputs, reg.graph) if reg.inputs is not None else None
+        return Run(rec, sub.route, body, ctx, deadline, waiter, initial)
 
     def start(self, run: Run) -> asyncio.Task[JSON]:
         """Run it in a task of this replica; the task's result is the engine's answer."""
@@ -201,13 +206,20 @@ class SessionRunner:
         return task
 
     # -- execution -------------------------------------------------------------------
-    async def _inputs(self, rec: RequestRecord, deadline: float) -> Inputs:
+    async def _inputs(self, run: Run) -> Inputs:
         """Wait for every input; raise UpstreamFailed/GatewayTimeout when that cannot happen."""
+        rec, deadline = run.rec, run.deadline
         if not rec.inputs:
             return Inputs({}, None, None)
         remaining = deadline - time.time()
-        states, version = await self.store.wait_inputs(
-            rec.tenant, rec.session, rec.inputs, max(0.0, remaining))
+        waiter, initial, run.waiter, run.initial = run.waiter, run.initial, None, None
+        try:
+            states, version = await self.store.wait_inputs(
+                rec.tenant, rec.session, rec.inputs, max(0.0, remaining), waiter=waiter,
+                initial=initial)
+        finally:
+            if waiter is not None and self.store.notifier is not None:
+                self.store.notifier.close(rec.tenant, rec.session, waiter)
         if any(v.status == "pending" and v.producer for v in states.values()) and \
                 not any(v.status == "failed" for v in states.values()):
             # A moment past the deadline for inputs some request produces: one whose
@@ -254,7 +266,7 @@ class SessionRunner:
         """Wait for the inputs, substitute them, analyse the request and record (before
         it is handed to the scheduler) the objective and group it will run with."""
         rec, ctx = run.rec, run.ctx
-        inputs = await self._inputs(rec, run.deadline)
+        inputs = await self._inputs(run)
         values = inputs.values
         engine_body = self._substituted(run.route, run.body, values) if values else run.body
         analysis = await self._analysis(rec.tenant, rec.session, inputs.version)

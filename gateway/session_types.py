@@ -15,7 +15,8 @@ from common.errors import ServiceUnavailable
 from common.types import JSON, Route
 
 from .completion import RequestContext
-from .store import RequestRecord
+from .notifier import Waiter
+from .store import RequestRecord, Variable
 
 STORE_RETRY_S = 30.0  # how long a finished request retries saving its result
 T = TypeVar("T")
@@ -56,6 +57,10 @@ class Run:
     body: JSON
     ctx: RequestContext
     deadline: float  # absolute epoch time: the session deadline of this request
+    # Opened before registration, which read the inputs' states (`initial`): the first
+    # wait needs no read of its own. Closed by the first wait.
+    waiter: Waiter | None = None
+    initial: tuple[dict[str, Variable], int] | None = None
 
 
 async def persist(write: Callable[[], Awaitable[T]], within_s: float = STORE_RETRY_S) -> T:

@@ -49,6 +49,8 @@ class Registered:
     created: float
     deadline: float | None
     graph: int
+    # the inputs' states as registered (None: not read); informative, not compared
+    inputs: dict[str, Variable] | None = field(default=None, compare=False)
 
 
 # ------------------------------------------------------------------ refusals

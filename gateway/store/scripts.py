@@ -42,7 +42,8 @@ from .records import RequestRecord, Variable
 # graph event (its name "#" becomes the new graph version), number of inputs, inputs
 # (distinct). The graph event is published when an input already has a pending producer,
 # which may be queued somewhere: its task group may change.
-# Answers: {'ok', created, deadline or '', graph version}, {'validate'} (a cycle is
+# Answers: {'ok', created, deadline or '', graph version, then per input: name, status,
+# value or '', error or '', producer or ''}, {'validate'} (a cycle is
 # possible: the caller must read the graph), {'dup'}, {'status', status},
 # {'producer', rid}, {'count', stored, new}.
 REGISTER = """
@@ -105,7 +106,15 @@ if regroup then
   redis.call('PUBLISH', ARGV[10], event)
 end
 local meta = redis.call('HMGET', KEYS[1], 'created', 'deadline')
-return {'ok', meta[1], meta[2] or '', graph}
+local answer = {'ok', meta[1], meta[2] or '', graph}
+for _, name in ipairs(inputs) do
+  local v = vars[name]
+  local function s(x) if x == nil or x == cjson.null then return '' end return x end
+  for _, x in ipairs({name, v.status, s(v.value), s(v.error), s(v.producer)}) do
+    answer[#answer + 1] = x
+  end
+end
+return answer
 """
 
 # KEYS: meta, vars, reqs, work. ARGV: variable name, 'ready' or 'failed', value or error,
@@ -261,7 +270,13 @@ def register_outcome(
     kind = _str(answer[0])
     if kind == "ok":
         deadline = _str(answer[2])
-        return Registered(float(answer[1]), float(deadline) if deadline else None, int(answer[3]))
+        inputs = {}
+        for i in range(4, len(answer), 5):
+            name, status, value, error, producer = (_str(x) for x in answer[i:i + 5])
+            inputs[name] = Variable(name, status, value=value if status == "ready" else None,  # type: ignore[arg-type]
+                                    error=error or None, producer=producer or None)
+        return Registered(float(answer[1]), float(deadline) if deadline else None, int(answer[3]),
+                          inputs)
     if kind == "validate":
         return None
     if kind == "dup":

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from redis.exceptions import WatchError
 
 from common.errors import ServiceUnavailable
-from gateway.notifier import Event, Notifier
+from gateway.notifier import Event, Notifier, Waiter
 
 from . import scripts
 from .keys import KeyedLocks, SessionKeys, parse_tag, session_tag, store_errors, to_str
@@ -488,42 +488,56 @@ class SessionStore:
         return (await self.wait_inputs(tenant, session, names, timeout))[0]
 
     async def wait_inputs(
-        self, tenant: str, session: str, names: list[str], timeout: float
+        self, tenant: str, session: str, names: list[str], timeout: float, *,
+        waiter: Waiter | None = None, initial: tuple[dict[str, Variable], int] | None = None,
     ) -> tuple[dict[str, Variable], int | None]:
-        """`wait_variables`, also giving the session's graph version as last read."""
+        """`wait_variables`, also giving the session's graph version as last read.
+
+        ``waiter``: one opened on the notifier before ``initial`` was read (e.g. by the
+        registration, which returns the inputs' states): then the first read is skipped,
+        and the caller closes the waiter.
+        """
         if self.notifier is None:
             raise RuntimeError("wait_variables needs a Notifier")
         names = list(dict.fromkeys(names))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(0.0, timeout)
         last: tuple[dict[str, Variable], int | None] | None = None
+        own = waiter is None
         # Register before reading, and clear before each read: no lost wake-up.
-        with self.notifier.watch(tenant, session, names) as waiter:
+        w = self.notifier.open(tenant, session, names) if waiter is None else waiter
+        try:
             while True:
-                waiter.clear()
-                try:
-                    last = await self._wait_read(tenant, session, names)
-                except ServiceUnavailable:
-                    if last is None or loop.time() >= deadline:
-                        raise
+                if initial is not None and all(n in initial[0] for n in names):
+                    last = ({n: initial[0][n] for n in names}, initial[1])
+                    initial = None  # events since the waiter opened are still noted in it
                 else:
-                    if settled(last[0]):
-                        return last
+                    w.clear()
+                    try:
+                        last = await self._wait_read(tenant, session, names)
+                    except ServiceUnavailable:
+                        if last is None or loop.time() >= deadline:
+                            raise
+                if settled(last[0]):
+                    return last
                 pending = {n for n, v in last[0].items() if v.status == "pending"}
                 while True:  # re-read only once the events say it would settle
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         return last
-                    if not await waiter.wait(min(remaining, self.recheck_s)):
+                    if not await w.wait(min(remaining, self.recheck_s)):
                         break  # the periodic safety re-read
-                    if waiter.known(pending):
+                    if w.known(pending):
                         # Written by this process after our read saw the session: the
                         # values are current, the graph version unknown (None).
                         states = dict(last[0])
                         for n in pending:
-                            value, at = waiter.values[n]
+                            value, at = w.values[n]
                             states[n] = Variable(n, "ready", value=value, updated_at=at)
                         return states, None
-                    if waiter.announced(pending):
+                    if w.announced(pending):
                         break
-                    waiter.rearm()
+                    w.rearm()
+        finally:
+            if own:
+                self.notifier.close(tenant, session, w)
