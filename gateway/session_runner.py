@@ -90,7 +90,9 @@ class SessionRunner:
         # replica to adopt (drain with peers alive), or another replica adopted them.
         self._handed: set[str] = set()
         self.handed_over = 0  # requests left to other replicas at drain
-        self.live: set[str] = set()  # ids of requests this replica must settle
+        # Requests this replica must settle (id -> tenant, session): accepted or adopted
+        # here and not yet settled or handed over.
+        self.live: dict[str, tuple[str, str]] = {}
 
     # -- submission ------------------------------------------------------------------
     async def register(self, sub: Submission) -> Run:
@@ -133,7 +135,7 @@ class SessionRunner:
             # Findable before it is acknowledged: a crash after the answer loses nothing.
             await self.ledger.note(sub.tenant, sub.session)
             work = WorkItem(sub.route, body, sub.request_id, deadline, sub.weight).entry(self.replica)
-        self.live.add(rec.id)
+        self.live[rec.id] = (rec.tenant, rec.session)
         notifier = self.store.notifier
         waiter = notifier.open(rec.tenant, rec.session, inputs) if inputs and notifier else None
         try:
@@ -141,7 +143,7 @@ class SessionRunner:
                 rec, validate=cycle_check(rec, OUTPUT_PARAM), deadline=deadline, work=work
             )
         except BaseException:
-            self.live.discard(rec.id)
+            self.live.pop(rec.id, None)
             if waiter is not None and notifier is not None:
                 notifier.close(rec.tenant, rec.session, waiter)
             raise
@@ -166,7 +168,7 @@ class SessionRunner:
         its client, if it was waiting, is gone; its output variable is what matters."""
         if rec.id in self.live:
             return  # already running here
-        self.live.add(rec.id)
+        self.live[rec.id] = (rec.tenant, rec.session)
         rec.replica, rec.status = self.replica, "waiting"
         rec.ready_at = rec.queued_at = rec.started_at = None
         ctx = RequestContext(request_id=item.request_id, tenant=rec.tenant, session=rec.session,
@@ -323,7 +325,7 @@ class SessionRunner:
         try:
             await self._record_failure(rec, exc)
         finally:
-            self.live.discard(rec.id)
+            self.live.pop(rec.id, None)
 
     async def _record_failure(self, rec: RequestRecord, exc: BaseException) -> None:
         if rec.id in self._handed:
@@ -354,7 +356,7 @@ class SessionRunner:
         try:
             await self._record_result(rec, text, engine, usage, started)
         finally:
-            self.live.discard(rec.id)
+            self.live.pop(rec.id, None)
 
     async def _record_result(self, rec: RequestRecord, text: str, engine: str, usage: Any,
                              started: float) -> None:
@@ -522,9 +524,9 @@ class SessionRunner:
         self.graphs.drop(tenant, session)
         return await self.store.delete_session(tenant, session)
 
-    def busy_sessions(self) -> list[tuple[str, str]]:
-        """Sessions this replica runs requests of now."""
-        return list(self._by_session)
+    def busy_sessions(self) -> set[tuple[str, str]]:
+        """Sessions this replica holds unsettled requests of now."""
+        return set(self.live.values()) | set(self._by_session)
 
     async def drain(self, timeout: float, *, hand_over: bool = False) -> None:
         """Let in-flight requests finish for up to ``timeout`` s. What is left is then handed
@@ -548,7 +550,7 @@ class SessionRunner:
         for rid in rids:
             if rid in self._work:
                 self._handed.add(rid)
-                self.live.discard(rid)
+                self.live.pop(rid, None)
                 self._work[rid][1].cancel()
 
     async def verify_ownership(self) -> int:

@@ -187,6 +187,7 @@ def build_gateway(
     notifier.on_graph.append(sessions.on_graph)
     membership.on_change.append(lambda live: dispatcher.set_share(1.0 / max(1, len(live))))
     membership.on_dead.append(ledger.adopt)
+    membership.on_expired.append(ledger.reindex)
     membership.on_expired.append(sessions.verify_ownership)
     return Gateway(
         settings=settings,

@@ -34,7 +34,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +125,10 @@ class WorkLedger:
             self._indexed.pop(tag, None)
             raise
 
+    async def reindex(self) -> None:
+        """Our lease had lapsed: peers may have emptied our index; note sessions afresh."""
+        self._indexed.clear()
+
     async def trim(self, busy: Iterable[tuple[str, str]], idle_s: float = 30.0) -> int:
         """Drop sessions where this replica has held no work for ``idle_s`` from its index."""
         keep = {session_tag(t, s) for t, s in busy}
@@ -143,7 +147,7 @@ class WorkLedger:
         raw = await self._redis.zrange(self.index_key(self.replica), 0, -1)
         return [parse_tag(t.decode() if isinstance(t, bytes) else t) for t in raw]
 
-    async def reconcile(self, running: set[str]) -> int:
+    async def reconcile(self, running: Collection[str]) -> int:
         """Run again what Redis says this replica owns but it runs nowhere: a result or
         failure acknowledged by a Redis master that died before replicating it, or lost
         with the last second of an AOF, leaves its work entry behind as still owned
