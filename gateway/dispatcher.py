@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from backends.base import (
     EngineCall,
+    EngineConnectFailed,
     EngineFailure,
     EngineLoad,
     EngineRejected,
@@ -83,6 +84,16 @@ def has_output(chunk: JSON) -> bool:
     return bool(chunk.get("usage"))
 
 
+def no_engine() -> ServiceUnavailable:
+    return ServiceUnavailable("no engine available", code="no_engine",
+                              headers={"Retry-After": "2"})
+
+
+def overloaded(why: str) -> ServiceUnavailable:
+    return ServiceUnavailable(f"gateway over capacity: {why}; retry later", code="overloaded",
+                              headers={"Retry-After": "1"})
+
+
 async def _numbered(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
     n = 0
     async for item in items:
@@ -123,6 +134,7 @@ class Dispatcher:
         metrics: Metrics,
         *,
         retry_budget: int = 2,
+        max_queued: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         tracing: Tracing | None = None,
     ) -> None:
@@ -131,6 +143,7 @@ class Dispatcher:
         self.pool = pool
         self.metrics = metrics
         self.retry_budget = retry_budget
+        self.max_queued = max_queued  # plain requests waiting here (None: no bound)
         self.clock = clock
         self._waiting: dict[str, asyncio.Future[Dispatch]] = {}
         self._running: dict[str, str] = {}  # job id -> engine
@@ -155,7 +168,7 @@ class Dispatcher:
         if not self.pool.healthy():
             for fut in self._waiting.values():
                 if not fut.done():
-                    fut.set_exception(ServiceUnavailable("no engine available"))
+                    fut.set_exception(no_engine())
         self._pump()
 
     def _on_load(self, state: EngineState, load: EngineLoad) -> None:
@@ -168,7 +181,12 @@ class Dispatcher:
     async def acquire(self, job: Job) -> Dispatch:
         """Queue ``job`` and wait until the policy gives it an engine."""
         if not self.pool.healthy():
-            raise ServiceUnavailable("no engine available", code="no_engine")
+            raise no_engine()
+        if self.max_queued is not None and job.session is None and \
+                len(self._waiting) >= self.max_queued:
+            # Refused before anything was sent: the client may retry. Semantic work, once
+            # accepted, is never refused here; it waits its turn.
+            raise overloaded(f"{len(self._waiting)} requests already wait for an engine")
         fut: asyncio.Future[Dispatch] = asyncio.get_running_loop().create_future()
         self._waiting[job.id] = fut
         request = job.id.rsplit(":", 1)[0]
@@ -187,6 +205,15 @@ class Dispatcher:
             self._waiting.pop(job.id, None)
             if self._queued_by_request.get(request) == job.id:
                 del self._queued_by_request[request]
+
+    def set_share(self, share: float) -> None:
+        """This replica's fraction of every engine (1 / live replicas, gateway/replicas.py)."""
+        self.policy.set_share(share, self.clock())
+        self._pump()
+
+    def queued(self) -> int:
+        """Requests waiting here for an engine."""
+        return len(self._waiting)
 
     def set_group(self, request_id: str, group: str | None) -> None:
         """Put a request still queued here into task group ``group`` (its siblings'
@@ -238,12 +265,15 @@ class Dispatcher:
             if attempt < self.retry_budget:
                 self.metrics.retries.inc()
 
-    def _call_for(self, call: EngineCall, d: Dispatch, span: Any) -> EngineCall:
-        # The trace context of the attempt's span (tracing off: the client's, if any).
+    def _call_for(self, call: EngineCall, d: Dispatch, attempt: int, span: Any) -> EngineCall:
+        # A retry gets its own rid: the engine may still be running (or aborting) the
+        # attempt whose connection broke, and SGLang refuses a rid that is in flight.
+        # The headers carry the attempt span's trace context (tracing off: the client's).
         return replace(call, priority=d.priority if call.priority is None else call.priority,
+                       rid=call.rid if attempt == 0 else f"{call.rid}-retry{attempt}",
                        headers=self.tracing.headers(span))
 
-    def _attempt_span(self, job: Job, d: Dispatch, attempt: int) -> Any:
+    def _attempt_span(self, d: Dispatch, attempt: int) -> Any:
         return self.tracing.span("parrot.engine", {"parrot.engine": d.engine, "parrot.attempt": attempt + 1},
                                  client=True)
 
@@ -258,11 +288,17 @@ class Dispatcher:
             "parrot.objective": "latency" if job.latency_critical else "throughput", **attrs,
         })
 
-    def _fail(self, d: Dispatch, exc: EngineFailure) -> None:
+    async def _fail(self, d: Dispatch, exc: EngineFailure) -> None:
         self.metrics.engine_errors.labels(d.engine, type(exc).__name__).inc()
-        if not isinstance(exc, EngineRejected):
-            self.pool.record_failure(d.engine, fatal=isinstance(exc, EngineUnreachable))
-        self.finish(d.job_id, ok=isinstance(exc, EngineRejected))
+        try:  # the engine's state first, so the slot freed below is not given to it if dead
+            if isinstance(exc, EngineConnectFailed):
+                self.pool.record_failure(d.engine, fatal=True)
+            elif isinstance(exc, EngineUnreachable):
+                await self.pool.check_broken(d.engine)  # dead, or one broken connection?
+            elif not isinstance(exc, EngineRejected):
+                self.pool.record_failure(d.engine)
+        finally:
+            self.finish(d.job_id, ok=isinstance(exc, EngineRejected))
 
     async def complete(self, job: Job, call: EngineCall) -> Outcome:
         """Run a non-streaming call, retrying on another engine when that is safe."""
@@ -274,11 +310,11 @@ class Dispatcher:
             # Nothing streams back before the end: the policy's estimate of the first
             # token stands in for it (prefill budget, warm-up followers).
             eta = loop.call_later(d.prefill_eta_s, self.prefill_done, d.job_id, False)
-            with self._attempt_span(job, d, attempt) as span:
+            with self._attempt_span(d, attempt) as span:
                 try:
-                    body = await engine.complete(self._call_for(call, d, span))
+                    body = await engine.complete(self._call_for(call, d, attempt, span))
                 except EngineFailure as exc:
-                    self._fail(d, exc)
+                    await self._fail(d, exc)
                     last = exc
                     retry = exc.retryable and len(self.pool.healthy()) > 0
                     _attempt_failed(span, exc, retry)
@@ -320,10 +356,10 @@ class Dispatcher:
             engine = self.pool.get(d.engine).engine
             first = True
             usage: Usage | None = None
-            with self._attempt_span(job, d, attempt) as span:
+            with self._attempt_span(d, attempt) as span:
                 try:
                     prefilled = False
-                    async for chunk in engine.stream(self._call_for(call, d, span)):
+                    async for chunk in engine.stream(self._call_for(call, d, attempt, span)):
                         if first:
                             first = False
                             if on_start is not None:
@@ -332,13 +368,14 @@ class Dispatcher:
                             # The first generated token, not the role-only opening chunk
                             # some servers send at once, marks the end of prefill.
                             prefilled = True
+                            self.pool.record_success(d.engine)
                             self.prefill_done(job.id)
                             self.metrics.ttft.observe(self.clock() - t0)
                             span.add_event("first_token")
                         usage = Usage.of_chunk(chunk) or usage
                         yield chunk
                 except EngineFailure as exc:
-                    self._fail(d, exc)
+                    await self._fail(d, exc)
                     last = exc
                     retry = (first or restartable) and exc.retryable and len(self.pool.healthy()) > 0
                     _attempt_failed(span, exc, retry)

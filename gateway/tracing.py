@@ -27,10 +27,11 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import re
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 Attributes = Mapping[str, Any]
+T = TypeVar("T")
 
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
 MAX_TRACESTATE = 512  # W3C: a vendor list of up to 32 members; longer ones may be dropped
@@ -108,6 +109,13 @@ class Tracing:
     def end_run(self, span: Any, attributes: Attributes, exc: BaseException | None = None,
                 *, failed: str | None = None) -> None:
         """End a run's span; ``failed``: the run failed without raising (a stream's producer)."""
+
+    def run(self, span: Any, coro: Awaitable[T],
+            outcome: Callable[[], tuple[Attributes, str | None]]) -> Awaitable[T]:
+        """``coro`` with ``span`` current (what it does becomes its children), ending
+        ``span`` with ``outcome()``: attributes, and an error message if it failed.
+        Off: ``coro`` itself."""
+        return coro
 
     def shutdown(self) -> None:
         pass

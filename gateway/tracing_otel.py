@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from typing import Any, TypeVar
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .tracing import NO_SPAN, Attributes, Tracing
 
+T = TypeVar("T")
 SCOPE = "parrot-gateway"
 UNTRACED = frozenset({"/health", "/ready", "/metrics"})  # probes and scrapes: noise
 
@@ -136,6 +137,23 @@ class OtelTracing(Tracing):
             if exc is None and failed:
                 span.set_status(Status(StatusCode.ERROR, failed[:200]))
         _ended(span, exc)
+
+    def run(self, span: Any, coro: Awaitable[T],
+            outcome: Callable[[], tuple[Attributes, str | None]]) -> Awaitable[T]:
+        return self._run(span, coro, outcome)
+
+    async def _run(self, span: Any, coro: Awaitable[T],
+                   outcome: Callable[[], tuple[Attributes, str | None]]) -> T:
+        error: BaseException | None = None
+        try:
+            with self.using(span):
+                return await coro
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            attributes, failed = outcome()
+            self.end_run(span, attributes, error, failed=failed)
 
     def shutdown(self) -> None:
         if self.owned:
