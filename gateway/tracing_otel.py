@@ -204,18 +204,15 @@ class TracingMiddleware:
         if scope["type"] != "http" or scope.get("path") in UNTRACED:
             await self.app(scope, receive, send)
             return
-        parent = propagate.extract(Headers(scope=scope))
-        route = self.route_of(scope)
-        method = scope.get("method", "GET")
-        state = scope.setdefault("state", {})
-        attrs = {
-            "http.request.method": method, "http.route": route, "url.path": scope.get("path", ""),
-            "parrot.request.id": state.get("request_id"),
-        }
         headers = Headers(scope=scope)
-        session = headers.get("x-parrot-session")
-        if session:
+        route, method = self.route_of(scope), scope.get("method", "GET")
+        state = scope.setdefault("state", {})
+        attrs = {"http.request.method": method, "http.route": route, "url.path": scope.get("path", ""),
+                 "parrot.request.id": state.get("request_id")}
+        if session := headers.get("x-parrot-session"):
             attrs["parrot.session.id"] = session[:128]
+        span = self.tracer.start_span(f"{method} {route}", context=propagate.extract(headers),
+                                      kind=SpanKind.SERVER, attributes=_clean(attrs))
         status = 500
 
         async def send_status(message: Message) -> None:
@@ -224,20 +221,28 @@ class TracingMiddleware:
                 status = message["status"]
             await send(message)
 
-        span = self.tracer.start_span(f"{method} {route}", context=parent, kind=SpanKind.SERVER,
-                                      attributes=_clean(attrs))
         try:
             with trace.use_span(span, end_on_exit=False, record_exception=False,
                                 set_status_on_exception=False):
                 await self.app(scope, receive, send_status)
         except BaseException as exc:
-            if span.is_recording():
-                span.set_attribute("http.response.status_code", status)
+            _settle(span, scope, method, status)
             _ended(span, exc)
             raise
-        if span.is_recording():
-            span.set_attributes(_clean({"http.response.status_code": status,
-                                        "parrot.tenant": state.get("tenant")}))
-            if status >= 500:
-                span.set_status(Status(StatusCode.ERROR))
+        _settle(span, scope, method, status)
         span.end()
+
+
+def _settle(span: Any, scope: Scope, method: str, status: int) -> None:
+    """What is known once the request was answered: its status, its tenant, and the
+    route template the router matched (a better name than the path-based guess)."""
+    if not span.is_recording():
+        return
+    route = getattr(scope.get("route"), "path", None)
+    if route:
+        span.update_name(f"{method} {route}")
+        span.set_attribute("http.route", route)
+    span.set_attributes(_clean({"http.response.status_code": status,
+                                "parrot.tenant": scope.get("state", {}).get("tenant")}))
+    if status >= 500:
+        span.set_status(Status(StatusCode.ERROR))

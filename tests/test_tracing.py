@@ -125,11 +125,15 @@ def _headers(traceparent: str, **extra: str) -> dict[str, str]:
             "tracestate": "client=1", **extra}
 
 
-def _wait_spans(t: Traced, name: str, count: int, timeout: float = 10.0) -> list[ReadableSpan]:
+def _wait_spans(t: Traced, timeout: float = 10.0, **counts: int) -> list[ReadableSpan]:
+    """The finished spans once there are ``counts`` of each kind (``server=``, ``run=``):
+    a span may end just after the client has its answer."""
+    kinds = {"server": lambda s: s.kind == SpanKind.SERVER, "run": lambda s: s.name == "parrot.run"}
     deadline = time.monotonic() + timeout
     while True:
         spans = t.spans()
-        if sum(s.name == name for s in spans) >= count or time.monotonic() > deadline:
+        done = all(sum(map(kinds[k], spans)) >= n for k, n in counts.items())
+        if done or time.monotonic() > deadline:
             return spans
         time.sleep(0.02)
 
@@ -176,9 +180,11 @@ def test_session_span_tree_and_attributes(traced: Traced) -> None:
             assert r3.status_code == 200
             assert "[DONE]" in r3.read().decode()
         graph = c.get(f"/v1/sessions/{sid}", headers={"Authorization": f"Bearer {KEY}"}).json()
-    spans = _wait_spans(traced, "parrot.run", 3)
+    spans = _wait_spans(traced, run=3, server=4)
     records = {r["id"]: r for r in graph["requests"]}
     assert len(records) == 3
+    # Named by the route the router matched, not the raw path.
+    assert "GET /v1/sessions/{sid}" in {s.name for s in spans if s.kind == SpanKind.SERVER}
 
     servers = {s.attributes["parrot.request.id"]: s for s in spans
                if s.kind == SpanKind.SERVER and s.name == "POST /v1/chat/completions"}
@@ -243,6 +249,27 @@ def test_session_span_tree_and_attributes(traced: Traced) -> None:
     assert waits[0].status.status_code == StatusCode.UNSET  # waited, and the input came
 
 
+def test_input_that_never_comes_fails_the_wait_and_the_run(traced: Traced) -> None:
+    _, _, tp = _client_context()
+    h = _headers(tp, **{"X-Parrot-Session": "trace-late", "X-Parrot-Output": "out",
+                        "X-Parrot-Timeout": "0.5", "X-Request-Id": "req-late"})
+    with httpx.Client(base_url=traced.url, timeout=30) as c:
+        r = c.post("/v1/chat/completions", json=_chat("Use {{never}}."), headers=h)
+    assert r.status_code == 504, r.text
+    spans = _wait_spans(traced, run=1, server=1)
+    (run,) = [s for s in spans if s.name == "parrot.run"]
+    assert run.status.status_code == StatusCode.ERROR and run.attributes["parrot.status"] == "failed"
+    kids = _children(spans, run)
+    (wait,) = kids["parrot.wait_inputs"]
+    assert wait.status.status_code == StatusCode.ERROR
+    assert wait.attributes["error.type"] == "GatewayTimeout"
+    (write,) = kids["parrot.write_output"]
+    assert write.attributes["parrot.variable.status"] == "failed"
+    assert "parrot.engine" not in kids  # it never reached an engine
+    (server,) = [s for s in spans if s.kind == SpanKind.SERVER]
+    assert server.attributes["http.response.status_code"] == 504
+
+
 def test_retry_shows_two_engine_attempts(traced: Traced) -> None:
     """The first engine call is refused (503): two attempt spans, on two engines, the
     first marked ``retry``; the request's span counts one retry; each engine saw its
@@ -253,7 +280,7 @@ def test_retry_shows_two_engine_attempts(traced: Traced) -> None:
         r = c.post("/v1/chat/completions", json=_chat("Say something."),
                    headers=_headers(tp, **{"X-Request-Id": "req-retry"}))
     assert r.status_code == 200, r.text
-    spans = _wait_spans(traced, "POST /v1/chat/completions", 1)
+    spans = _wait_spans(traced, server=1)
     (server,) = [s for s in spans if s.kind == SpanKind.SERVER]
     kids = _children(spans, server)
     attempts = sorted(kids["parrot.engine"], key=lambda s: s.attributes["parrot.attempt"])
