@@ -179,12 +179,14 @@ def test_session_span_tree_and_attributes(traced: Traced) -> None:
                       json={**_chat("Write a line about {{b}}."), "stream": True}, headers=h3) as r3:
             assert r3.status_code == 200
             assert "[DONE]" in r3.read().decode()
-        graph = c.get(f"/v1/sessions/{sid}", headers={"Authorization": f"Bearer {KEY}"}).json()
-    spans = _wait_spans(traced, run=3, server=4)
+        auth = {"Authorization": f"Bearer {KEY}"}
+        assert c.get(f"/v1/sessions/{sid}/variables/c", headers=auth).json()["status"] == "ready"
+        graph = c.get(f"/v1/sessions/{sid}", headers=auth).json()
+    spans = _wait_spans(traced, run=3, server=5)
     records = {r["id"]: r for r in graph["requests"]}
     assert len(records) == 3
     # Named by the route the router matched, not the raw path.
-    assert "GET /v1/sessions/{sid}" in {s.name for s in spans if s.kind == SpanKind.SERVER}
+    assert "GET /v1/sessions/{sid}/variables/{name}" in {s.name for s in spans if s.kind == SpanKind.SERVER}
 
     servers = {s.attributes["parrot.request.id"]: s for s in spans
                if s.kind == SpanKind.SERVER and s.name == "POST /v1/chat/completions"}
