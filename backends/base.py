@@ -4,7 +4,8 @@ server, or the simulated engine in memory via ``httpx.ASGITransport``) here.
 Failures are reported as a small tree mapped later to HTTP by the gateway:
 
     EngineFailure
-    ├── EngineUnreachable   connect refused/reset before the request was sent (retryable)
+    ├── EngineUnreachable   the connection broke (reset, closed) (retryable)
+    │   └── EngineConnectFailed  no connection could be made (refused, no route): down
     ├── EngineTimeout       no answer in time
     ├── EngineServerError   5xx from the engine (retryable before the first token)
     └── EngineRejected      4xx from the engine: the request itself is bad (not retried)
@@ -31,6 +32,11 @@ class EngineFailure(Exception):
 
 class EngineUnreachable(EngineFailure):
     retryable = True
+
+
+class EngineConnectFailed(EngineUnreachable):
+    """Not even a TCP connection: nothing listens there (the process is gone). Unlike a
+    broken connection (a keep-alive race, a reset under load) this says the engine is down."""
 
 
 class EngineTimeout(EngineFailure):

@@ -22,6 +22,7 @@ from common.types import JSON
 from .base import (
     Engine,
     EngineCall,
+    EngineConnectFailed,
     EngineFailure,
     EngineInfo,
     EngineLoad,
@@ -33,6 +34,10 @@ from .base import (
 
 ROUTES = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "generate": "/generate"}
 JSON_HEADERS = {"Content-Type": "application/json"}
+# Idle pooled connections are dropped before the server's keep-alive timeout would close
+# them under a new request (uvicorn, which SGLang runs on, closes after 5 s; aiohttp's
+# default keeps them 15 s): such a race fails a request with "Server disconnected".
+KEEPALIVE_S = 4.0
 
 
 def _parse_body(raw: bytes) -> Any:
@@ -64,8 +69,10 @@ async def _mapped_errors() -> AsyncIterator[None]:
         raise
     except aiohttp.ServerTimeoutError as exc:
         raise EngineTimeout(f"engine timeout: {exc!r}") from exc
-    except (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
-            aiohttp.ClientOSError, aiohttp.ClientPayloadError) as exc:  # connection broke
+    except aiohttp.ClientConnectorError as exc:  # no connection at all
+        raise EngineConnectFailed(f"engine unreachable: {exc!r}") from exc
+    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
+            aiohttp.ClientPayloadError) as exc:  # connection broke
         raise EngineUnreachable(f"engine unreachable: {exc!r}") from exc
     except asyncio.TimeoutError as exc:
         raise EngineTimeout("engine timeout") from exc
@@ -101,7 +108,8 @@ class OpenAIEngine(Engine):
                 base_url=self.url + "/",
                 headers=self._headers,
                 timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
+                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300,
+                                               keepalive_timeout=KEEPALIVE_S),
                 cookie_jar=aiohttp.DummyCookieJar(),  # engines set no cookies; skip the jar per request
             )
         return self._session

@@ -5,7 +5,7 @@ Per session: PUT ``doc``; ``a = f({{doc}})`` and ``b = g({{doc}})`` submitted as
 gets no answer, a transport error, or a non-200 without an OpenAI error body; the
 load holds when nothing is lost and every session's variables end ``ready``.
 
-    python -m benchmarks.load --sessions 500            # own Redis + simulated engines
+    python -m benchmarks.load --sessions 500            # own Redis, engines, gateway
     python -m benchmarks.load --url http://127.0.0.1:8000 --sessions 500
 
 Prints the latency distribution (p50/p90/p99) of whole sessions and of each step.
@@ -124,6 +124,23 @@ async def run_load(url: str, sessions: int, *, max_tokens: int = 16, timeout: fl
     return report
 
 
+def run_local(sessions: int, *, engines: int = 2, time_scale: float = 0.01, max_tokens: int = 16,
+              timeout: float = 120.0) -> LoadReport:
+    """Redis, simulated engines and the gateway as child processes (the way it runs, and
+    not sharing this process's interpreter lock with the load generator), then the load."""
+    import tempfile
+    from pathlib import Path
+
+    from .services import Services
+
+    with tempfile.TemporaryDirectory(prefix="parrot-load-") as tmp, Services(Path(tmp)) as svc:
+        svc.start_engines(engines, "h100-llama3-8b", time_scale)
+        svc.start_gateway()
+        assert svc.gateway is not None
+        return asyncio.run(run_load(svc.gateway, sessions, max_tokens=max_tokens,
+                                    timeout=timeout))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -134,22 +151,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--json", help="write the report here")
     args = p.parse_args(argv)
-    stack = redis = None
-    url = args.url
-    if url is None:
-        from gateway.redis_server import RedisServer
-        from gateway.testing import start_stack
-
-        redis = RedisServer().start()
-        stack = start_stack(redis.url, engines=args.engines, time_scale=args.time_scale)
-        url = stack.url
-    try:
-        report = asyncio.run(run_load(url, args.sessions, max_tokens=args.max_tokens))
-    finally:
-        if stack is not None:
-            stack.stop()
-        if redis is not None:
-            redis.cleanup()
+    if args.url is not None:
+        report = asyncio.run(run_load(args.url, args.sessions, max_tokens=args.max_tokens))
+    else:
+        report = run_local(args.sessions, engines=args.engines, time_scale=args.time_scale,
+                           max_tokens=args.max_tokens)
     print(report.table())
     for line in report.lost[:20]:
         print("LOST", line)

@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 
-from redis.exceptions import RedisError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -135,7 +134,7 @@ async def ready(request: Request) -> Response:
         problems.append("draining")
     try:
         await asyncio.wait_for(gw.redis.ping(), timeout=1.0)
-    except (RedisError, OSError, asyncio.TimeoutError):
+    except Exception:  # Redis down, failing over, or redis-py tripping over it
         problems.append("redis unreachable")
     healthy = [s.id for s in gw.pool.healthy()]
     if not healthy:
@@ -161,20 +160,13 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await gw.notifier.start()
-        gw.programs.store.start()
-        await gw.pool.start()
+        await gw.start()
         if not gw.pool.healthy():
             log.warning("no engine answered its first health check; will keep trying")
         try:
             yield
         finally:
-            gw.draining = True
-            await gw.sessions.drain(gw.settings.drain_timeout_s)
-            await gw.programs.store.stop()
-            await gw.pool.stop()
-            await gw.notifier.stop()
-            await gw.redis.aclose()
+            await gw.stop()
 
     routes = [
         Route("/v1/chat/completions", openai_routes.chat_completions, methods=["POST"]),

@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from . import logs
-from .drain import draining_server
+from .drain import draining_server, tune_gc
 from .settings import Settings
 
 
@@ -63,12 +63,14 @@ def serve(args: argparse.Namespace) -> int:
 
             return run_workers(settings, settings.workers)
         app = create_app(settings)
+        tune_gc()
         config = uvicorn.Config(
             app,
             host=settings.host,
             port=settings.port,
             log_level=settings.log_level.lower(),
             timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+            timeout_keep_alive=int(settings.keep_alive_s),
             access_log=False,
             log_config=None,  # uvicorn's own lines go through our handler (text or JSON)
         )
@@ -88,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "sim":
         from backends.sim.cli import main as sim_main
 
+        from .embedded import watch_parent
+
+        watch_parent()  # started by `serve`: do not outlive it
         return sim_main(argv[1:])
     if argv and argv[0] == "bench":
         from benchmarks.cli import main as bench_main

@@ -71,6 +71,7 @@ class RequestContext:
     downstream_s: float = 0.0  # estimated work after it on its application's critical path
     attained: float | None = None  # inferred programs: tokens its program was served so far
     affinity: tuple[str, int] | None = None  # (engine, tokens) believed cached there (programs)
+    on_usage: Callable[[Usage], Any] | None = None  # hears the engine's usage (tpm correction)
 
 
 def prompt_shape(route: str, body: JSON, block_bytes: int) -> PromptShape:
@@ -165,6 +166,8 @@ class Completions:
             u = outcome.usage
             self.metrics.observe_usage(u.prompt_tokens, u.cached_tokens, u.completion_tokens)
             self._learn(ctx, u)
+            if ctx.on_usage is not None:
+                ctx.on_usage(u)
         return outcome
 
     def _learn(self, ctx: RequestContext, usage: Usage) -> None:
@@ -216,6 +219,8 @@ class Completions:
                 self._learn(ctx, usage)
                 if on_usage is not None:
                     on_usage(usage)
+                if ctx.on_usage is not None:
+                    ctx.on_usage(usage)
                 if not want_usage:
                     if not chunk.get("choices"):
                         continue

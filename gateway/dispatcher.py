@@ -14,10 +14,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from backends.base import (
     EngineCall,
+    EngineConnectFailed,
     EngineFailure,
     EngineLoad,
     EngineRejected,
@@ -33,6 +34,7 @@ from .metrics import Metrics
 from .policy import Dispatch, Job, Policy
 
 log = logging.getLogger("parrot.scheduler")
+T = TypeVar("T")
 
 
 @dataclass
@@ -81,6 +83,23 @@ def has_output(chunk: JSON) -> bool:
     return bool(chunk.get("usage"))
 
 
+def no_engine() -> ServiceUnavailable:
+    return ServiceUnavailable("no engine available", code="no_engine",
+                              headers={"Retry-After": "2"})
+
+
+def overloaded(why: str) -> ServiceUnavailable:
+    return ServiceUnavailable(f"gateway over capacity: {why}; retry later", code="overloaded",
+                              headers={"Retry-After": "1"})
+
+
+async def _numbered(items: AsyncIterator[T]) -> AsyncIterator[tuple[int, T]]:
+    n = 0
+    async for item in items:
+        yield n, item
+        n += 1
+
+
 def map_failure(exc: EngineFailure) -> ParrotError:
     if isinstance(exc, EngineRejected):
         return EngineRejectedError(exc)
@@ -99,12 +118,14 @@ class Dispatcher:
         metrics: Metrics,
         *,
         retry_budget: int = 2,
+        max_queued: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self.pool = pool
         self.metrics = metrics
         self.retry_budget = retry_budget
+        self.max_queued = max_queued  # plain requests waiting here (None: no bound)
         self.clock = clock
         self._waiting: dict[str, asyncio.Future[Dispatch]] = {}
         self._running: dict[str, str] = {}  # job id -> engine
@@ -129,7 +150,7 @@ class Dispatcher:
         if not self.pool.healthy():
             for fut in self._waiting.values():
                 if not fut.done():
-                    fut.set_exception(ServiceUnavailable("no engine available"))
+                    fut.set_exception(no_engine())
         self._pump()
 
     def _on_load(self, state: EngineState, load: EngineLoad) -> None:
@@ -142,7 +163,12 @@ class Dispatcher:
     async def acquire(self, job: Job) -> Dispatch:
         """Queue ``job`` and wait until the policy gives it an engine."""
         if not self.pool.healthy():
-            raise ServiceUnavailable("no engine available", code="no_engine")
+            raise no_engine()
+        if self.max_queued is not None and job.session is None and \
+                len(self._waiting) >= self.max_queued:
+            # Refused before anything was sent: the client may retry. Semantic work, once
+            # accepted, is never refused here; it waits its turn.
+            raise overloaded(f"{len(self._waiting)} requests already wait for an engine")
         fut: asyncio.Future[Dispatch] = asyncio.get_running_loop().create_future()
         self._waiting[job.id] = fut
         request = job.id.rsplit(":", 1)[0]
@@ -161,6 +187,15 @@ class Dispatcher:
             self._waiting.pop(job.id, None)
             if self._queued_by_request.get(request) == job.id:
                 del self._queued_by_request[request]
+
+    def set_share(self, share: float) -> None:
+        """This replica's fraction of every engine (1 / live replicas, gateway/replicas.py)."""
+        self.policy.set_share(share, self.clock())
+        self._pump()
+
+    def queued(self) -> int:
+        """Requests waiting here for an engine."""
+        return len(self._waiting)
 
     def set_group(self, request_id: str, group: str | None) -> None:
         """Put a request still queued here into task group ``group`` (its siblings'
@@ -208,29 +243,38 @@ class Dispatcher:
             if attempt < self.retry_budget:
                 self.metrics.retries.inc()
 
-    def _call_for(self, call: EngineCall, d: Dispatch) -> EngineCall:
-        return replace(call, priority=d.priority if call.priority is None else call.priority)
+    def _call_for(self, call: EngineCall, d: Dispatch, attempt: int) -> EngineCall:
+        # A retry gets its own rid: the engine may still be running (or aborting) the
+        # attempt whose connection broke, and SGLang refuses a rid that is in flight.
+        return replace(call, priority=d.priority if call.priority is None else call.priority,
+                       rid=call.rid if attempt == 0 else f"{call.rid}-retry{attempt}")
 
-    def _fail(self, d: Dispatch, exc: EngineFailure) -> None:
+    async def _fail(self, d: Dispatch, exc: EngineFailure) -> None:
         self.metrics.engine_errors.labels(d.engine, type(exc).__name__).inc()
-        if not isinstance(exc, EngineRejected):
-            self.pool.record_failure(d.engine, fatal=isinstance(exc, EngineUnreachable))
-        self.finish(d.job_id, ok=isinstance(exc, EngineRejected))
+        try:  # the engine's state first, so the slot freed below is not given to it if dead
+            if isinstance(exc, EngineConnectFailed):
+                self.pool.record_failure(d.engine, fatal=True)
+            elif isinstance(exc, EngineUnreachable):
+                await self.pool.check_broken(d.engine)  # dead, or one broken connection?
+            elif not isinstance(exc, EngineRejected):
+                self.pool.record_failure(d.engine)
+        finally:
+            self.finish(d.job_id, ok=isinstance(exc, EngineRejected))
 
     async def complete(self, job: Job, call: EngineCall) -> Outcome:
         """Run a non-streaming call, retrying on another engine when that is safe."""
         last: EngineFailure | None = None
         loop = asyncio.get_running_loop()
-        async for d, t0 in self._attempts(job):
+        async for attempt, (d, t0) in _numbered(self._attempts(job)):
             started = self.clock()
             engine = self.pool.get(d.engine).engine
             # Nothing streams back before the end: the policy's estimate of the first
             # token stands in for it (prefill budget, warm-up followers).
             eta = loop.call_later(d.prefill_eta_s, self.prefill_done, d.job_id, False)
             try:
-                body = await engine.complete(self._call_for(call, d))
+                body = await engine.complete(self._call_for(call, d, attempt))
             except EngineFailure as exc:
-                self._fail(d, exc)
+                await self._fail(d, exc)
                 last = exc
                 if exc.retryable and len(self.pool.healthy()) > 0:
                     log.warning("request %s failed on %s (%s); retrying", job.id, d.engine, exc)
@@ -264,14 +308,14 @@ class Dispatcher:
         the caller decides whether to forward it.
         """
         last: EngineFailure | None = None
-        async for d, t0 in self._attempts(job):
+        async for attempt, (d, t0) in _numbered(self._attempts(job)):
             started = self.clock()
             engine = self.pool.get(d.engine).engine
             first = True
             cached: int | None = None
             try:
                 prefilled = False
-                async for chunk in engine.stream(self._call_for(call, d)):
+                async for chunk in engine.stream(self._call_for(call, d, attempt)):
                     if first:
                         first = False
                         if on_start is not None:
@@ -280,6 +324,7 @@ class Dispatcher:
                         # The first generated token, not the role-only opening chunk
                         # some servers send at once, marks the end of prefill.
                         prefilled = True
+                        self.pool.record_success(d.engine)
                         self.prefill_done(job.id)
                         self.metrics.ttft.observe(self.clock() - t0)
                     usage = Usage.of_chunk(chunk)
@@ -287,7 +332,7 @@ class Dispatcher:
                         cached = usage.cached_tokens
                     yield chunk
             except EngineFailure as exc:
-                self._fail(d, exc)
+                await self._fail(d, exc)
                 last = exc
                 if (first or restartable) and exc.retryable and len(self.pool.healthy()) > 0:
                     if not first:

@@ -1,4 +1,5 @@
-"""uvicorn with SIGTERM/SIGINT meaning 'drain, then exit 0' (used by serve and its workers)."""
+"""Serving one gateway process (serve and its workers): uvicorn with SIGTERM/SIGINT meaning
+'drain, then exit 0', and the garbage collector tuned for a long-lived event loop."""
 
 from __future__ import annotations
 
@@ -55,3 +56,18 @@ def draining_server(config: Any, gateway: Any = None) -> Any:
                     self._captured_signals.clear()
 
     return DrainingServer(config)
+
+
+def tune_gc() -> None:
+    """Freeze what start-up allocated (modules, the tokenizer's tables) out of the
+    collector's reach, and collect the young generation less often: measured on the
+    semantic path at 100 concurrent sessions, the collector's pauses (up to ~0.2 s for a
+    full collection) were the event loop's longest stalls."""
+    import gc
+
+    from .completion import prompt_shape
+
+    prompt_shape("chat", {"messages": [{"role": "user", "content": "warm up"}]}, 32)  # load it
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(5000, 20, 20)

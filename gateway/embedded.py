@@ -1,10 +1,18 @@
 """Embedded defaults for `parrot-gateway serve`: a redis-server and simulated engines
 as child processes on free loopback ports, stopped when the gateway exits.
+
+They never outlive it, however it dies: on Linux each child asks the kernel for
+SIGKILL when its parent dies (``PR_SET_PDEATHSIG``, set between fork and exec), and
+the simulated engines, Python processes, also watch their parent's pid
+(``PARROT_WATCH_PARENT_PID``) and exit when it changes, for systems without that
+signal. The caveat of the signal: it fires when the *thread* that started the
+child exits, so children are started from the main thread.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -14,10 +22,30 @@ import httpx
 
 from common.serving import free_port
 
-from .redis_server import RedisServer
+from .redis_server import RedisServer, die_with_parent
 from .settings import Settings
 
 log = logging.getLogger("parrot.embedded")
+
+WATCH_PARENT_ENV = "PARROT_WATCH_PARENT_PID"
+
+
+def watch_parent(interval_s: float = 1.0) -> None:
+    """In a child started with ``PARROT_WATCH_PARENT_PID``: exit as soon as that parent is
+    gone (this process was re-parented). The variable is consumed, not inherited."""
+    import threading
+
+    raw = os.environ.pop(WATCH_PARENT_ENV, "")
+    if not raw.isdigit():
+        return
+    parent = int(raw)
+
+    def run() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(0)
+
+    threading.Thread(target=run, name="parent-watch", daemon=True).start()
 
 BANNER = (
     "\n" + "=" * 72 + "\n"
@@ -55,7 +83,10 @@ def start_sim_engines(
             sys.executable, "-m", "gateway.cli", "sim", "--host", "127.0.0.1", "--port", str(port),
             "--profile", profile, "--time-scale", str(time_scale), "--seed", str(seed + i),
         ]
-        sims.procs.append(subprocess.Popen(cmd))
+        sims.procs.append(subprocess.Popen(
+            cmd, preexec_fn=die_with_parent,
+            env={**os.environ, WATCH_PARENT_ENV: str(os.getpid())},
+        ))
         sims.urls.append(f"http://127.0.0.1:{port}")
     deadline = time.monotonic() + timeout
     pending = list(sims.urls)

@@ -1,9 +1,16 @@
 """The set of engines: discovery of capacity and models, health checks, circuit breakers.
 
-Each engine is checked every ``health_interval_s``; a failed check or
-``breaker_failures`` consecutive request failures take it out of rotation
-(breaker open), and it rejoins once a health check passes after
-``breaker_reset_s``. Listeners hear about rotation changes and load reports.
+A slow engine is not a dead one. What takes an engine out of rotation (breaker
+open for ``breaker_reset_s``, then back once a health check passes):
+
+- a connection that cannot even be made (refused, no route): nothing listens;
+- ``breaker_failures`` consecutive failures (requests or health checks) with no
+  sign of life in between. A success, a stream's first token or a passed check
+  resets the count, so a health probe that times out on a busy event loop while
+  the engine keeps streaming does not count, and neither does one broken pooled
+  connection (a keep-alive race).
+
+Listeners hear about rotation changes and load reports.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from backends.base import Engine, EngineFailure, EngineLoad
 
@@ -32,8 +40,25 @@ class EngineState:
     chunk_tokens: int | None = None  # the engine's chunked_prefill_size, if it says
     consecutive_failures: int = 0
     open_until: float = 0.0
+    last_progress: float = 0.0  # monotonic time of the last sign of life (answer, token)
     load: EngineLoad | None = None
     known: bool = False  # info fetched at least once
+
+
+async def refuses_connections(url: str, timeout: float = 1.0) -> bool:
+    """Does the engine's address actively refuse a TCP connection (no process listens)?
+    A timeout or anything else is not proof of death."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(parts.hostname or "127.0.0.1", port), timeout)
+    except ConnectionRefusedError:
+        return True
+    except (OSError, asyncio.TimeoutError):
+        return False
+    writer.close()
+    return False
 
 
 RotationListener = Callable[[EngineState], None]
@@ -97,7 +122,14 @@ class EnginePool:
         await asyncio.gather(*(self.check(s) for s in self.states.values()))
 
     async def check(self, state: EngineState) -> None:
+        started = time.monotonic()
         ok = await state.engine.health()
+        if not ok and state.healthy:
+            if await refuses_connections(state.engine.url):
+                self.record_failure(state.id, fatal=True)  # nothing listens: down now
+            elif state.last_progress < started - self.health_interval_s:
+                self.record_failure(state.id)  # ejects only after breaker_failures in a row
+            return  # (a probe failing while requests still get answers: busy, not dead)
         if ok and not state.known:
             try:
                 info = await state.engine.info()
@@ -133,13 +165,29 @@ class EnginePool:
         for fn in self.on_rotation:
             fn(state)
 
+    async def check_broken(self, engine_id: str) -> None:
+        """A connection to the engine broke mid-request: if it now refuses connections the
+        process is gone (eject at once); otherwise it counts as one failure."""
+        if await refuses_connections(self.states[engine_id].engine.url):
+            self.record_failure(engine_id, fatal=True)
+        else:
+            self.record_failure(engine_id)
+
     def record_success(self, engine_id: str) -> None:
-        self.states[engine_id].consecutive_failures = 0
+        """A sign of life: an answer, or a stream's first token."""
+        state = self.states[engine_id]
+        state.consecutive_failures = 0
+        state.last_progress = time.monotonic()
 
     def record_failure(self, engine_id: str, *, fatal: bool = False) -> None:
-        """A request failed on this engine; ``fatal`` (unreachable) opens the breaker at once."""
+        """A request or health check failed on this engine; ``fatal`` (no connection could
+        be made) opens the breaker at once, anything else after ``breaker_failures`` in a row."""
         state = self.states[engine_id]
         state.consecutive_failures += 1
         if fatal or state.consecutive_failures >= self.breaker_failures:
             state.open_until = time.monotonic() + self.breaker_reset_s
+            state.consecutive_failures = 0
+            if state.healthy:
+                log.warning("engine %s: %s", engine_id, "connection refused" if fatal
+                            else f"{self.breaker_failures} failures in a row")
             self._set_healthy(state, False)

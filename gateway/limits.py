@@ -2,6 +2,11 @@
 
 - requests/min and tokens/min: fixed one-minute windows (``INCRBY`` + ``EXPIRE``).
   A Redis outage fails open here: plain proxying keeps working, and it is logged.
+  Tokens are charged up front from an estimate (prompt characters / 4 plus
+  n x max_tokens) and corrected when the request ends by what the engine reports
+  (``usage``: prompt + completion tokens): the difference goes to the window the
+  estimate went to while it lasts; past it, only an excess is charged, to the
+  current window. A request that ends without usage (it failed) keeps its estimate.
 - concurrent sessions (``max_sessions``): a sorted set per tenant, member = session
   id, score = the time the session stops counting (its last activity + TTL).
   Admission is one Lua script (trim expired, refresh or count-and-add), so two
@@ -13,19 +18,22 @@ Over a limit is 429 with ``Retry-After``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
+from backends.base import Usage
 from common.errors import RateLimited, ServiceUnavailable
 from common.types import JSON
 
 from .auth import Principal
+from .redis_errors import failure as redis_failure
 
 log = logging.getLogger("parrot.limits")
 
@@ -45,6 +53,28 @@ end
 local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
 return first[2]
 """
+
+
+@dataclass(frozen=True)
+class Charge:
+    """Tokens charged up front to one tenant's window, to be corrected by real usage."""
+
+    tenant: str
+    window: int
+    tokens: int
+
+
+def correction(charge: Charge, used: int, now: float) -> tuple[int, int] | None:
+    """(window, tokens to add) once ``used`` tokens were really spent; None: nothing.
+    Pure: the charged window takes the difference (a refund included) while it is the
+    current one; later, an excess goes to the current window and a refund is dropped."""
+    delta = used - charge.tokens
+    current = window_of(now)[0]
+    if delta == 0:
+        return None
+    if current == charge.window:
+        return charge.window, delta
+    return (current, delta) if delta > 0 else None
 
 
 @dataclass(frozen=True)
@@ -71,6 +101,7 @@ class RateLimiter:
     def __init__(self, redis: aioredis.Redis | None, prefix: str = "parrot") -> None:
         self.redis = redis
         self.prefix = prefix
+        self._pending: set[asyncio.Task[int | None]] = set()  # corrections in flight
 
     def _key(self, tenant: str, *parts: object) -> str:
         return ":".join([self.prefix, "rl", quote(tenant, safe=""), *map(str, parts)])
@@ -84,15 +115,18 @@ class RateLimiter:
             pipe.expire(key, WINDOW_S + 1)
             count, _ = await pipe.execute()
             return int(count)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:
+            if not redis_failure(exc):
+                raise
             log.warning("rate limit store unavailable (%s); allowing request", type(exc).__name__)
             return None
 
-    async def check_request(self, principal: Principal, body: JSON) -> None:
-        """429 when the tenant is over its requests/min or tokens/min."""
+    async def check_request(self, principal: Principal, body: JSON) -> Charge | None:
+        """429 when the tenant is over its requests/min or tokens/min; the tokens charged
+        (to correct with `settle` once the engine reports usage), if any."""
         spec = principal.spec
         if spec is None or (spec.rpm is None and spec.tpm is None):
-            return
+            return None
         now = time.time()
         window, _ = window_of(now)
         if spec.rpm is not None:
@@ -103,12 +137,31 @@ class RateLimiter:
                     f"tenant over {spec.rpm} requests per minute", retry_after=d.retry_after_s
                 )
         if spec.tpm is not None:
-            n = await self._bump(self._key(principal.tenant, "tpm", window), requested_tokens(body))
+            estimate = requested_tokens(body)
+            n = await self._bump(self._key(principal.tenant, "tpm", window), estimate)
             d = judge(n, spec.tpm, now)
             if not d.allowed:
                 raise RateLimited(
                     f"tenant over {spec.tpm} tokens per minute", retry_after=d.retry_after_s
                 )
+            if n is not None:
+                return Charge(principal.tenant, window, estimate)
+        return None
+
+    def settler(self, charge: Charge | None) -> Callable[[Usage], None] | None:
+        """The ``on_usage`` hook of a request charged ``charge``: corrects the charge
+        (in the background) by the usage the engine reports."""
+        if charge is None:
+            return None
+
+        def settle(usage: Usage) -> None:
+            fix = correction(charge, usage.prompt_tokens + usage.completion_tokens, time.time())
+            if fix is not None:
+                task = asyncio.create_task(self._bump(self._key(charge.tenant, "tpm", fix[0]), fix[1]))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+
+        return settle
 
     # -- concurrent sessions ------------------------------------------------------------
     def _sessions_key(self, tenant: str) -> str:
@@ -125,7 +178,9 @@ class RateLimiter:
                 _ADMIT, 1, self._sessions_key(principal.tenant),
                 now, now + ttl_s, spec.max_sessions, session, int(ttl_s) + 1,
             )
-        except (RedisError, OSError) as exc:
+        except Exception as exc:
+            if not redis_failure(exc):
+                raise
             raise ServiceUnavailable("state store unavailable") from exc
         if int(float(res)) == -1:
             return
@@ -142,7 +197,9 @@ class RateLimiter:
             return
         try:
             await self.redis.zrem(self._sessions_key(principal.tenant), session)
-        except (RedisError, OSError) as exc:
+        except Exception as exc:
+            if not redis_failure(exc):
+                raise
             log.warning("could not release a session slot (%s)", type(exc).__name__)
 
 

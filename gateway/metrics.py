@@ -7,6 +7,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+PIPELINE_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1,
+                    2.5)
 
 
 class Metrics:
@@ -73,6 +75,16 @@ class Metrics:
         self.program_store_errors = Counter(
             "parrot_program_store_errors_total",
             "Program state reads (link) or writes (done) that Redis failed", ["op"], registry=r,
+        )
+
+        self.pipeline = Histogram(
+            "parrot_pipeline_seconds",
+            "From a semantic request's last input variable being written to the request being "
+            "handed to the dispatcher", buckets=PIPELINE_BUCKETS, registry=r,
+        )
+        self.adopted = Counter(
+            "parrot_adopted_requests_total",
+            "Semantic requests taken over from dead replicas", registry=r,
         )
 
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}

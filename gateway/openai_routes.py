@@ -41,16 +41,18 @@ async def _completion(request: Request, route: Route) -> Response:
     principal = gw.principal(request)
     body = await read_body(request, route)
     principal.check_model(body.get("model"))
-    await gw.limits.check_request(principal, body)
+    on_usage = gw.limits.settler(await gw.limits.check_request(principal, body))
     rid = request.state.request_id
     if session_http.is_semantic(request.headers):
         sid = request.headers.get(session_http.H_SESSION, "")
         if is_session_id(sid):  # a bad id is refused with 400 by session_http.handle
             await gw.limits.admit_session(principal, sid, gw.settings.session_ttl_s)
             await gw.index.touch(principal.tenant, sid)
-        return await session_http.handle(gw.sessions, request, route, body, principal)
+        return await session_http.handle(gw.sessions, request, route, body, principal,
+                                         on_usage=on_usage)
     tenant = principal.tenant if gw.auth.enabled else str(body.get("user") or principal.tenant)
-    ctx = RequestContext(request_id=rid, tenant=tenant, weight=principal.weight)
+    ctx = RequestContext(request_id=rid, tenant=tenant, weight=principal.weight,
+                         on_usage=on_usage)
     placement = await programs.place(gw, request, body, principal, ctx,
                                      body.get("messages") if route == "chat" else None)
     if body.get("stream"):

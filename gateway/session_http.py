@@ -8,12 +8,14 @@ Starlette request into a `Submission` and the runner's results into responses.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
+from backends.base import Usage
 from common.errors import BadRequest
 from common.ids import is_session_id, is_variable_name
 from common.serving import finished_before_disconnect
@@ -116,14 +118,15 @@ def pending_body(run: Run) -> JSON:
 
 
 async def handle(
-    runner: SessionRunner, request: Request, route: Route, body: JSON, principal: Principal
+    runner: SessionRunner, request: Request, route: Route, body: JSON, principal: Principal,
+    *, on_usage: Callable[[Usage], Any] | None = None,
 ) -> Response:
     """Answer a chat/completion request that carries X-Parrot-Session."""
     h = parse_headers(request.headers, runner.settings.default_timeout_s)
     run = await runner.register(Submission(
         tenant=principal.tenant, session=h.session, route=route, body=body,
         request_id=request.state.request_id, output=h.output, criteria=h.criteria,
-        timeout_s=h.timeout_s, weight=principal.weight,
+        timeout_s=h.timeout_s, weight=principal.weight, on_usage=on_usage,
     ))
     if h.is_async:
         runner.start(run)

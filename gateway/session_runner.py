@@ -18,10 +18,8 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 from analysis.placeholders import (
     input_names,
@@ -31,6 +29,7 @@ from analysis.placeholders import (
     substitute_prompt,
 )
 from common.errors import (
+    Conflict,
     DependencyCycle,
     GatewayTimeout,
     NotFound,
@@ -42,99 +41,58 @@ from common.errors import (
 from common.types import JSON, Route
 
 from .completion import Completions, RequestContext, prompt_shape
+from .dispatcher import no_engine, overloaded
 from .metrics import Metrics
-from .session_graph import cycle_check, graph_of, graph_view
+from .session_graph import Analysis, GraphCache, cycle_check, graph_view
+from .session_types import (
+    STORE_RETRY_S,
+    Inputs,
+    Run,
+    Submission,
+    choice_text,
+    chunk_text,
+    persist,
+)
 from .settings import Settings
 from .store import RequestRecord, SessionStore, Variable
+from .work import WorkItem, WorkLedger
+
+__all__ = ["Inputs", "Run", "SessionRunner", "Submission"]
 
 log = logging.getLogger("parrot.sessions")
 
 PREFIX_HASH_BLOCKS = 128
-MAX_TRACKED_SESSIONS = 100_000
-STORE_RETRY_S = 30.0  # how long a finished request retries saving its result
+DEADLINE_GRACE_S = 1.0  # see _inputs
+PROGRESS_SAVE_S = 1.0  # a request still queued this long shows so in its session graph
 OUTPUT_PARAM = "x-parrot-output"  # where a second producer is reported (the header)
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Submission:
-    """One semantic request as the runner takes it, whoever received it."""
-
-    tenant: str
-    session: str
-    route: Route
-    body: JSON
-    request_id: str
-    output: str | None = None
-    criteria: str = "latency"
-    timeout_s: float = 600.0
-    weight: float = 1.0
-
-
-@dataclass
-class Run:
-    """A registered request and what running it needs."""
-
-    rec: RequestRecord
-    route: Route
-    body: JSON
-    ctx: RequestContext
-    deadline: float  # absolute epoch time: the session deadline of this request
-
-
-async def _persist(write: Callable[[], Awaitable[T]], within_s: float = STORE_RETRY_S) -> T:
-    """Run a store write, retrying while Redis is unreachable (a restart, a failover):
-    a result computed by an engine is not thrown away for a short outage."""
-    deadline = time.monotonic() + within_s
-    delay = 0.05
-    while True:
-        try:
-            return await write()
-        except ServiceUnavailable:
-            if time.monotonic() + delay > deadline:
-                raise
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-
-def choice_text(route: Route, body: JSON) -> str:
-    choices = body.get("choices") or []
-    if not choices:
-        return ""
-    c0 = choices[0]
-    if route == "chat":
-        return str((c0.get("message") or {}).get("content") or "")
-    return str(c0.get("text") or "")
-
-
-def chunk_text(route: Route, chunk: JSON) -> str:
-    out = []
-    for c in chunk.get("choices") or []:
-        if c.get("index", 0) != 0:
-            continue
-        if route == "chat":
-            out.append(str((c.get("delta") or {}).get("content") or ""))
-        else:
-            out.append(str(c.get("text") or ""))
-    return "".join(out)
 
 
 class SessionRunner:
     """Registers, runs, cancels and drains the semantic requests of this replica."""
 
     def __init__(
-        self, settings: Settings, store: SessionStore, completions: Completions, metrics: Metrics
+        self, settings: Settings, store: SessionStore, completions: Completions, metrics: Metrics,
+        *, replica: str | None = None, ledger: WorkLedger | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.completions = completions
         self.metrics = metrics
-        self.replica = "gw-" + uuid.uuid4().hex[:8]
+        self.replica = replica or "gw-" + uuid.uuid4().hex[:12]
+        self.ledger = ledger  # where accepted work is recorded (None: not recorded)
+        self.graphs = GraphCache()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._by_session: dict[tuple[str, str], set[asyncio.Task[Any]]] = {}
-        # When each session started, as this replica saw it (bounded LRU): the
-        # scheduler ranks the steps of older applications first.
-        self._started: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._work: dict[str, tuple[RequestRecord, asyncio.Task[Any]]] = {}  # rid -> run
+        self._queued: dict[tuple[str, str], dict[str, None]] = {}  # session -> queued rids
+        self._background: set[asyncio.Task[Any]] = set()
+        # Requests stopped without being settled: their work stays recorded for another
+        # replica to adopt (drain with peers alive), or another replica adopted them.
+        self._handed: set[str] = set()
+        self.handed_over = 0  # requests left to other replicas at drain
+        # Requests this replica must settle (id -> tenant, session): accepted or adopted
+        # here and not yet settled or handed over.
+        self.live: dict[str, tuple[str, str]] = {}
 
     # -- submission ------------------------------------------------------------------
     async def register(self, sub: Submission) -> Run:
@@ -154,6 +112,10 @@ class SessionRunner:
         if sub.output is not None and sub.output in inputs:
             raise DependencyCycle([sub.output, "request", sub.output])
         self.completions.resolve_model(body)
+        if len(self.live) >= self.settings.max_accepted_requests:
+            raise overloaded(f"{len(self.live)} semantic requests accepted and unfinished")
+        if not self.completions.pool.healthy():
+            raise no_engine()  # nothing could run it now: refuse rather than accept
         now = time.time()
         rec = RequestRecord(
             id="pr-" + uuid.uuid4().hex[:16],
@@ -168,35 +130,70 @@ class SessionRunner:
             max_tokens=body.get("max_completion_tokens") or body.get("max_tokens"),
         )
         deadline = now + sub.timeout_s
-        await self.store.register_request(
-            rec, validate=cycle_check(rec, OUTPUT_PARAM), deadline=deadline
-        )
+        work = None
+        if sub.output is not None and self.ledger is not None:
+            # Findable before it is acknowledged: a crash after the answer loses nothing.
+            await self.ledger.note(sub.tenant, sub.session)
+            work = WorkItem(sub.route, body, sub.request_id, deadline, sub.weight).entry(self.replica)
+        self.live[rec.id] = (rec.tenant, rec.session)
+        notifier = self.store.notifier
+        waiter = notifier.open(rec.tenant, rec.session, inputs) if inputs and notifier else None
+        try:
+            reg = await self.store.register_request(
+                rec, validate=cycle_check(rec, OUTPUT_PARAM), deadline=deadline, work=work
+            )
+        except BaseException:
+            self.live.pop(rec.id, None)
+            if waiter is not None and notifier is not None:
+                notifier.close(rec.tenant, rec.session, waiter)
+            raise
+        self.graphs.added(rec, reg.graph)
+        if rec.inputs:
+            self._regroup(rec.tenant, rec.session, reg.graph)
+        if reg.deadline is not None:  # the session's deadline bounds every request of it
+            deadline = min(deadline, reg.deadline)
         ctx = RequestContext(
             request_id=sub.request_id, tenant=sub.tenant, session=sub.session,
-            weight=sub.weight, app_started=self._session_started(rec),
+            weight=sub.weight, app_started=reg.created, on_usage=sub.on_usage,
         )
-        return Run(rec, sub.route, body, ctx, deadline)
+        initial = (reg.inputs, reg.graph) if reg.inputs is not None else None
+        return Run(rec, sub.route, body, ctx, deadline, waiter, initial)
 
     def start(self, run: Run) -> asyncio.Task[JSON]:
         """Run it in a task of this replica; the task's result is the engine's answer."""
         return self._spawn(run.rec, self._run(run))
 
-    def _session_started(self, rec: RequestRecord) -> float:
-        key = (rec.tenant, rec.session)
-        started = self._started.pop(key, rec.created_at)
-        self._started[key] = started
-        while len(self._started) > MAX_TRACKED_SESSIONS:
-            self._started.popitem(last=False)
-        return started
+    def adopt(self, rec: RequestRecord, item: WorkItem) -> None:
+        """Run a request taken over from a dead replica (gateway/work.py), from the start:
+        its client, if it was waiting, is gone; its output variable is what matters."""
+        if rec.id in self.live:
+            return  # already running here
+        self.live[rec.id] = (rec.tenant, rec.session)
+        rec.replica, rec.status = self.replica, "waiting"
+        rec.ready_at = rec.queued_at = rec.started_at = None
+        ctx = RequestContext(request_id=item.request_id, tenant=rec.tenant, session=rec.session,
+                             weight=item.weight, app_started=rec.created_at)
+        run = Run(rec, item.route, item.body, ctx, item.deadline)
+        self.metrics.adopted.inc()
+        self._spawn(rec, self._run(run))
+
+    def _background_task(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _spawn(self, rec: RequestRecord, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.create_task(coro, name=f"parrot:{rec.id}")
         key = (rec.tenant, rec.session)
         self._tasks.add(task)
         self._by_session.setdefault(key, set()).add(task)
+        if rec.output is not None:
+            self._work[rec.id] = (rec, task)
 
         def done(t: asyncio.Task[Any]) -> None:
             self._tasks.discard(t)
+            self._work.pop(rec.id, None)
+            self._handed.discard(rec.id)
             s = self._by_session.get(key)
             if s is not None:
                 s.discard(t)
@@ -211,12 +208,27 @@ class SessionRunner:
         return task
 
     # -- execution -------------------------------------------------------------------
-    async def _inputs(self, rec: RequestRecord, deadline: float) -> dict[str, str]:
+    async def _inputs(self, run: Run) -> Inputs:
         """Wait for every input; raise UpstreamFailed/GatewayTimeout when that cannot happen."""
+        rec, deadline = run.rec, run.deadline
         if not rec.inputs:
-            return {}
+            return Inputs({}, None, None)
         remaining = deadline - time.time()
-        states = await self.store.wait_variables(rec.tenant, rec.session, rec.inputs, max(0.0, remaining))
+        waiter, initial, run.waiter, run.initial = run.waiter, run.initial, None, None
+        try:
+            states, version = await self.store.wait_inputs(
+                rec.tenant, rec.session, rec.inputs, max(0.0, remaining), waiter=waiter,
+                initial=initial)
+        finally:
+            if waiter is not None and self.store.notifier is not None:
+                self.store.notifier.close(rec.tenant, rec.session, waiter)
+        if any(v.status == "pending" and v.producer for v in states.values()) and \
+                not any(v.status == "failed" for v in states.values()):
+            # A moment past the deadline for inputs some request produces: one whose
+            # producer fails *at* the deadline is then reported as what it is
+            # (upstream_failed, naming it), not as our own timeout.
+            states, version = await self.store.wait_inputs(
+                rec.tenant, rec.session, rec.inputs, DEADLINE_GRACE_S)
         values: dict[str, str] = {}
         for name in rec.inputs:
             var: Variable | None = states.get(name)
@@ -232,22 +244,16 @@ class SessionRunner:
                     code="deadline_exceeded",
                 )
             values[name] = var.value or ""
-        return values
+        return Inputs(values, version, max((v.updated_at or 0.0) for v in states.values()))
 
-    async def _analyse(self, rec: RequestRecord) -> tuple[bool, str | None]:
-        """Deduced objective and task group of ``rec`` from its session's graph.
-
-        Both need other requests only when someone consumes ``rec``'s output (a
-        latency request stays latency; a group needs a common consumer), so the
-        whole graph is read only then.
-        """
-        if rec.criteria == "latency":
-            out = await self.store.get_variable(rec.tenant, rec.session, rec.output) if rec.output else None
-            if out is None or not out.consumers:
-                return True, None
-        graph = graph_of(await self.store.list_requests(rec.tenant, rec.session))
-        objective = graph.deduce_objectives().get(rec.id, rec.criteria)  # type: ignore[arg-type]
-        return objective == "latency", graph.task_groups().get(rec.id)
+    async def _analysis(self, tenant: str, session: str, version: int | None) -> Analysis:
+        """The session graph's analysis at ``version`` (None: the copy held here, if any),
+        re-read from Redis only when this replica's copy is stale."""
+        cached = self.graphs.get(tenant, session, version)
+        if cached is not None:
+            return cached
+        records, current = await self.store.read_graph(tenant, session)
+        return self.graphs.put(tenant, session, records, current)
 
     @staticmethod
     def _substituted(route: Route, body: JSON, values: dict[str, str]) -> JSON:
@@ -262,11 +268,13 @@ class SessionRunner:
         """Wait for the inputs, substitute them, analyse the request and record (before
         it is handed to the scheduler) the objective and group it will run with."""
         rec, ctx = run.rec, run.ctx
-        values = await self._inputs(rec, run.deadline)
-        engine_body = self._substituted(run.route, run.body, values)
-        ctx.latency_critical, ctx.group = await self._analyse(rec)
-        if not self.settings.task_groups:
-            ctx.group = None
+        inputs = await self._inputs(run)
+        values = inputs.values
+        engine_body = self._substituted(run.route, run.body, values) if values else run.body
+        analysis = await self._analysis(rec.tenant, rec.session, inputs.version)
+        ctx.latency_critical = analysis.objective(rec.id, rec.criteria) == "latency"
+        ctx.group = analysis.group(rec.id) if self.settings.task_groups else None
+        ctx.downstream_s = analysis.downstream(rec.id)
         ctx.request_id = rec.id
         shape = prompt_shape(run.route, engine_body, self.settings.prefix_block_bytes)
         ctx.prompt = shape
@@ -275,10 +283,56 @@ class SessionRunner:
         rec.prefix_hashes = list(shape.hashes[:PREFIX_HASH_BLOCKS])
         rec.criteria_effective = "latency" if ctx.latency_critical else "throughput"
         rec.group = ctx.group
-        await self.store.save_request(rec)
+        # Progress for the graph view only, off the critical path and only for requests
+        # still queued after a moment (a late save never overwrites the final record,
+        # see scripts.SAVE_RECORD): most requests of a fast pipeline never need it.
+        asyncio.get_running_loop().call_later(PROGRESS_SAVE_S, self._save_progress, rec)
+        if inputs.written_at:
+            self.metrics.pipeline.observe(max(0.0, time.time() - inputs.written_at))
         return engine_body
 
+    def _save_progress(self, rec: RequestRecord) -> None:
+        if rec.status == "queued" and rec.id not in self._handed:
+            self._background_task(self._save_quietly(rec))
+
+    async def _save_quietly(self, rec: RequestRecord) -> None:
+        try:
+            await self.store.save_request(rec)
+        except ParrotError:
+            pass
+
+    # -- task groups that change after a request was queued -----------------------------
+    def _regroup(self, tenant: str, session: str, version: int) -> None:
+        """A consumer registered after some of its producers were queued here: move those
+        into the task group the graph now gives them (`Dispatcher.set_group`)."""
+        queued = self._queued.get((tenant, session))
+        if queued:
+            self._background_task(self._regroup_now(tenant, session, version, list(queued)))
+
+    async def _regroup_now(self, tenant: str, session: str, version: int, rids: list[str]) -> None:
+        try:
+            analysis = await self._analysis(tenant, session, version)
+        except ParrotError:
+            return
+        if not self.settings.task_groups:
+            return
+        for rid in rids:
+            self.completions.dispatcher.set_group(rid, analysis.group(rid))
+
+    def on_graph(self, tenant: str, session: str, version: int) -> None:
+        """Notifier listener: a consumer registered in this session (here or elsewhere)."""
+        self._regroup(tenant, session, version)
+
+    # -- outcome ---------------------------------------------------------------------
     async def _fail(self, rec: RequestRecord, exc: BaseException) -> None:
+        try:
+            await self._record_failure(rec, exc)
+        finally:
+            self.live.pop(rec.id, None)
+
+    async def _record_failure(self, rec: RequestRecord, exc: BaseException) -> None:
+        if rec.id in self._handed:
+            return  # not ours to settle (any more)
         if isinstance(exc, ParrotError):
             reason = f"{exc.code}: {exc.message}"
         elif isinstance(exc, asyncio.CancelledError):
@@ -292,16 +346,25 @@ class SessionRunner:
         try:
             if rec.output:
                 output = rec.output
-                if await _persist(lambda: self.store.fail_variable(
+                if await persist(lambda: self.store.fail_variable(
                         rec.tenant, rec.session, output, reason, record=rec)):
                     self.metrics.variables.labels("failed").inc()
             else:
-                await _persist(lambda: self.store.save_request(rec))
+                await persist(lambda: self.store.save_request(rec))
         except ParrotError:
             log.warning("could not record failure of %s (state store down)", rec.id)
 
     async def _finish(self, rec: RequestRecord, text: str, engine: str, usage: Any,
                       started: float) -> None:
+        try:
+            await self._record_result(rec, text, engine, usage, started)
+        finally:
+            self.live.pop(rec.id, None)
+
+    async def _record_result(self, rec: RequestRecord, text: str, engine: str, usage: Any,
+                             started: float) -> None:
+        if rec.id in self._handed:
+            return  # another replica runs (or ran) it; its outcome is that one's to write
         rec.status, rec.engine, rec.started_at, rec.finished_at = "done", engine, started, time.time()
         if usage is not None:
             rec.cached_tokens = usage.cached_tokens
@@ -309,27 +372,60 @@ class SessionRunner:
             rec.prompt_tokens = usage.prompt_tokens
         if rec.output:
             output = rec.output
-            await _persist(lambda: self.store.set_result(
-                rec.tenant, rec.session, output, text, record=rec))
+            try:
+                await persist(lambda: self.store.set_result(
+                    rec.tenant, rec.session, output, text, producer=rec.id, record=rec))
+            except Conflict:
+                # Settled already: another replica ran it too (it adopted it while our
+                # lease had lapsed). Written once: the first value stands.
+                log.info("request %s: output %s was settled by another run", rec.id, output)
+                return
             self.metrics.variables.labels("ready").inc()
         else:
-            await _persist(lambda: self.store.save_request(rec))
+            await persist(lambda: self.store.save_request(rec))
 
-    async def _run(self, run: Run) -> JSON:
-        rec, route = run.rec, run.route
-        try:
-            engine_body = await self._prepare(run)
-            t0 = time.time()
-            remaining = run.deadline - t0
+    async def _complete(self, run: Run, body: JSON) -> Any:
+        """The engine call of accepted work: while no engine is in rotation (all down, or
+        taken out under overload) it waits and tries again, up to ``engine_wait_s`` and
+        never past its deadline, instead of failing at once."""
+        first_failure: float | None = None
+        delay = 0.1
+        tries = 0
+        while True:
+            if tries:  # a fresh engine rid: the broken attempt may still be in flight there
+                run.ctx.request_id = f"{run.rec.id}-again{tries}"
+            tries += 1
+            remaining = run.deadline - time.time()
             if remaining <= 0:
                 raise GatewayTimeout("session deadline passed", code="deadline_exceeded")
             try:
-                outcome = await asyncio.wait_for(
-                    self.completions.complete(route, engine_body, run.ctx), timeout=remaining
-                )
+                return await asyncio.wait_for(
+                    self.completions.complete(run.route, body, run.ctx), timeout=remaining)
             except asyncio.TimeoutError as exc:
                 raise GatewayTimeout("session deadline passed while running",
                                      code="deadline_exceeded") from exc
+            except ServiceUnavailable:
+                now = time.monotonic()
+                first_failure = first_failure if first_failure is not None else now
+                if now - first_failure + delay > self.settings.engine_wait_s or \
+                        time.time() + delay >= run.deadline:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _run(self, run: Run) -> JSON:
+        rec, route = run.rec, run.route
+        key = (rec.tenant, rec.session)
+        try:
+            engine_body = await persist(lambda: self._prepare(run),
+                                         min(STORE_RETRY_S, max(0.0, run.deadline - time.time())))
+            self._still_ours(rec)
+            t0 = rec.queued_at = time.time()
+            self._queued.setdefault(key, {})[rec.id] = None
+            try:
+                outcome = await self._complete(run, engine_body)
+            finally:
+                self._unqueue(key, rec.id)
             assert outcome.body is not None
             started = t0 + outcome.queued_s
             rec.first_token_at = None if outcome.ttft_s is None else t0 + outcome.ttft_s
@@ -339,6 +435,20 @@ class SessionRunner:
         except BaseException as exc:
             await asyncio.shield(self._fail(rec, exc))
             raise
+
+    def _still_ours(self, rec: RequestRecord) -> None:
+        """Stop here if the request was handed over. A cancellation can be lost (Python
+        3.11's wait_for returns the result instead of raising when its inner future
+        completes as the task is cancelled), so the flag is checked as well."""
+        if rec.id in self._handed:
+            raise asyncio.CancelledError()
+
+    def _unqueue(self, key: tuple[str, str], rid: str) -> None:
+        queued = self._queued.get(key)
+        if queued is not None:
+            queued.pop(rid, None)
+            if not queued:
+                del self._queued[key]
 
     async def open_stream(self, run: Run) -> AsyncIterator[JSON]:
         """Hold until the inputs are ready (errors until then raise here), then return the
@@ -357,7 +467,7 @@ class SessionRunner:
             parts: list[str] = []
             usage_seen: list[Any] = []
             engine_seen: list[str] = []
-            t0 = time.time()
+            t0 = rec.queued_at = time.time()
             started = [t0]
 
             def on_start(engine: str, queued_s: float) -> None:
@@ -416,17 +526,52 @@ class SessionRunner:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        self.graphs.drop(tenant, session)
         return await self.store.delete_session(tenant, session)
 
-    async def drain(self, timeout: float) -> None:
+    def busy_sessions(self) -> set[tuple[str, str]]:
+        """Sessions this replica holds unsettled requests of now."""
+        return set(self.live.values()) | set(self._by_session)
+
+    async def drain(self, timeout: float, *, hand_over: bool = False) -> None:
+        """Let in-flight requests finish for up to ``timeout`` s. What is left is then handed
+        over (``hand_over``: another replica is alive to adopt it: its work stays recorded
+        under this replica's lease, which the caller gives up) or cancelled and failed."""
         tasks = list(self._tasks)
         if not tasks:
             return
         log.info("draining %d in-flight semantic requests (timeout %.0fs)", len(tasks), timeout)
         _, pending = await asyncio.wait(tasks, timeout=timeout)
+        handed = [rid for rid, (_, t) in self._work.items() if t in pending] if hand_over else []
+        self._hand_over(handed)
+        self.handed_over += len(handed)
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+        if handed:
+            log.warning("handed %d unfinished request(s) over to the other replicas", len(handed))
+
+    def _hand_over(self, rids: list[str]) -> None:
+        for rid in rids:
+            if rid in self._work:
+                self._handed.add(rid)
+                self.live.pop(rid, None)
+                self._work[rid][1].cancel()
+
+    async def verify_ownership(self) -> int:
+        """Our lease had lapsed: stop (without settling) what another replica adopted."""
+        lost = []
+        for rid, (rec, _) in list(self._work.items()):
+            try:
+                owner = await self.store.work_owner(rec.tenant, rec.session, rid)
+            except ParrotError:
+                return 0
+            if owner is not None and owner != self.replica:
+                lost.append(rid)
+        self._hand_over(lost)
+        if lost:
+            log.warning("%d request(s) were adopted by other replicas; stopped here", len(lost))
+        return len(lost)
 
     async def graph_json(self, tenant: str, session: str) -> JSON:
         records = await self.store.list_requests(tenant, session)

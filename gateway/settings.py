@@ -68,6 +68,21 @@ class Settings(BaseModel):
                     "estimate stands in for it.",
     )
     retry_budget: int = Field(2, ge=0, description="Retries on another engine before first token.")
+    max_queued_requests: int = Field(
+        4096, ge=1,
+        description="Plain requests waiting for an engine per replica; past it new ones get "
+        "503 overloaded with Retry-After.",
+    )
+    max_accepted_requests: int = Field(
+        20000, ge=1,
+        description="Semantic requests accepted and unfinished per replica; past it new ones "
+        "get 503 overloaded with Retry-After before anything is recorded.",
+    )
+    engine_wait_s: float = Field(
+        120.0, ge=0,
+        description="How long accepted semantic work waits for an engine back in rotation "
+        "(bounded by the session deadline) before it fails.",
+    )
     breaker_failures: int = Field(3, ge=1, description="Failures that open an engine's breaker.")
     breaker_reset_s: float = Field(5.0, gt=0, description="Open-breaker cool-down.")
     # scheduling
@@ -117,11 +132,22 @@ class Settings(BaseModel):
         0.5, ge=0.0, le=1.0,
         description="Prefill share a protected engine still accepts throughput prefill below.",
     )
+    # replicas (gateway/replicas.py, gateway/work.py)
+    replica_heartbeat_s: float = Field(0.5, gt=0, description="Replica heartbeat period.")
+    replica_ttl_s: float = Field(
+        3.0, gt=0, description="A replica silent this long is dead; its work is adopted."
+    )
     # lifecycle
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period on SIGTERM.")
     workers: int = Field(
         1, ge=1, le=256,
         description="Gateway processes sharing the port (each a replica over the same Redis).",
+    )
+    keep_alive_s: float = Field(
+        75.0, gt=0,
+        description="HTTP keep-alive of idle client connections; above clients' and load "
+        "balancers' own (httpx 5 s, nginx 60 s), so they close first, never the gateway "
+        "under a request in flight.",
     )
     log_level: str = Field("info", description="Log level.")
     log_format: Literal["text", "json"] = Field(

@@ -64,7 +64,7 @@ def start_gateway(redis_url: str, engine_urls: list[str], **overrides: Any) -> U
     }
     values.update(overrides)
     settings = Settings(**values)
-    return UvicornThread(create_app(settings)).start()
+    return UvicornThread(create_app(settings), timeout_keep_alive=int(settings.keep_alive_s)).start()
 
 
 def start_stack(

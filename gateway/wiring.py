@@ -2,19 +2,27 @@
 
 ``build_gateway`` is the composition root: it wires the engine pool, the
 policy and its dispatcher, the Redis-backed store and notifier, the session runner,
-auth, limits and metrics; the HTTP layer (``app.py`` and the route modules)
-only reads the resulting ``Gateway``.
+replica membership and the work ledger, auth, limits and metrics; the HTTP layer
+(``app.py`` and the route modules) only reads the resulting ``Gateway`` and calls
+its ``start`` and ``stop``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from starlette.requests import Request
 
 from backends.base import Engine
 from backends.sglang import make_engine
+from common.errors import ParrotError
 
 from .auth import Authenticator, Principal
 from .completion import Completions
@@ -25,11 +33,49 @@ from .metrics import Metrics
 from .notifier import Notifier
 from .policy import SchedulerConfig, make_scheduler
 from .programs import Programs, ProgramStore
+from .redis_errors import failure as redis_failure
+from .replicas import Membership
 from .response_store import ResponseStore
 from .session_index import SessionIndex
 from .session_runner import SessionRunner
 from .settings import Settings
 from .store import SessionStore
+from .work import WorkLedger
+
+log = logging.getLogger("parrot.gateway")
+
+CLUSTER_SCHEME = "redis+cluster://"
+MAINTAIN_S = 10.0  # trim the work index
+RECONCILE_S = 60.0  # re-run own work Redis lost (sooner after an outage)
+
+
+def _driver_info() -> dict[str, Any]:
+    """redis-py 8 looks its own version up in the package metadata (an email-parser pass
+    over METADATA, ~4 ms) for every new connection: name it once."""
+    try:
+        from redis.driver_info import DriverInfo
+    except ImportError:  # redis-py < 8
+        return {}
+    return {"driver_info": DriverInfo(name="redis-py", lib_version=redis.__version__)}
+
+
+def connect_redis(url: str) -> Any:
+    """A client for ``url``: ``redis+cluster://host:port`` is a Redis Cluster (any node
+    as the seed; ``rediss+cluster://`` with TLS), anything else one Redis server."""
+    for scheme, plain in ((CLUSTER_SCHEME, "redis://"), ("rediss+cluster://", "rediss://")):
+        if url.startswith(scheme):
+            return RedisCluster.from_url(
+                plain + url[len(scheme):], socket_timeout=5, socket_connect_timeout=2,
+                decode_responses=False, max_connections=256, **_driver_info(),
+            )
+    # A blocking pool: past max_connections a command waits (up to 5 s) for a free
+    # connection instead of failing at once with "Too many connections" (the default
+    # pool's cap is 100, which 500 concurrent sessions exceeded).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=256, timeout=5, socket_timeout=5, socket_connect_timeout=2,
+        decode_responses=False, **_driver_info(),
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 @dataclass
@@ -38,10 +84,12 @@ class Gateway:
     pool: EnginePool
     dispatcher: Dispatcher
     completions: Completions
-    redis: aioredis.Redis
+    redis: Any  # redis.asyncio.Redis or RedisCluster
     store: SessionStore
     notifier: Notifier
     sessions: SessionRunner  # the semantic requests (HTTP side: session_http.py)
+    membership: Membership  # the live replicas (gateway/replicas.py)
+    ledger: WorkLedger  # this replica's accepted work, adoption of dead replicas' (work.py)
     auth: Authenticator
     limits: RateLimiter
     metrics: Metrics
@@ -49,11 +97,53 @@ class Gateway:
     responses: ResponseStore
     index: SessionIndex
     draining: bool = False
+    _loops: list[asyncio.Task[None]] = field(default_factory=list)
 
     def principal(self, request: Request) -> Principal:
         principal = self.auth.authenticate(request.headers.get("authorization"))
         request.state.tenant = principal.tenant
         return principal
+
+    async def start(self) -> None:
+        await self.notifier.start()
+        self.programs.store.start()
+        await self.pool.start()
+        await self.membership.start()
+        self._loops.append(asyncio.create_task(self._maintain(), name="parrot-maintain"))
+
+    async def stop(self) -> None:
+        """Drain; hand what is left to the other replicas if any is alive, else fail it."""
+        self.draining = True
+        peers = [r for r in self.membership.live if r != self.membership.id]
+        await self.sessions.drain(self.settings.drain_timeout_s, hand_over=bool(peers))
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        handed = bool(peers) and self.sessions.handed_over > 0
+        if not handed:
+            await self.ledger.leave()
+        await self.membership.stop(leave=True, forget=not handed)
+        await self.programs.store.stop()
+        await self.pool.stop()
+        await self.notifier.stop()
+        await self.redis.aclose()
+
+    async def _maintain(self) -> None:
+        """Trim the work index; reconcile own work with Redis every ``RECONCILE_S``, and
+        soon after Redis was unavailable (a restart or failover may have lost writes)."""
+        last_reconcile = time.monotonic()
+        outages = self.store.outages + self.notifier.reconnects
+        while True:
+            await asyncio.sleep(MAINTAIN_S)
+            try:
+                await self.ledger.trim(self.sessions.busy_sessions())
+                now_outages = self.store.outages + self.notifier.reconnects
+                if now_outages != outages or time.monotonic() - last_reconcile > RECONCILE_S:
+                    await self.ledger.reconcile(self.sessions.live)
+                    last_reconcile, outages = time.monotonic(), now_outages
+            except Exception as exc:
+                if not (isinstance(exc, ParrotError) or redis_failure(exc)):
+                    log.exception("work maintenance failed")
 
 
 def build_gateway(
@@ -78,7 +168,8 @@ def build_gateway(
         max_inflight_per_engine=settings.max_inflight_per_engine,
     )
     policy = make_scheduler(settings.scheduler_policy, SchedulerConfig.from_settings(settings))
-    dispatcher = Dispatcher(policy, pool, metrics, retry_budget=settings.retry_budget)
+    dispatcher = Dispatcher(policy, pool, metrics, retry_budget=settings.retry_budget,
+                            max_queued=settings.max_queued_requests)
     completions = Completions(
         pool, dispatcher, metrics, stream_internally=settings.engine_streaming,
         block_bytes=settings.prefix_block_bytes,
@@ -86,14 +177,7 @@ def build_gateway(
     url = redis_url or settings.redis
     if not url:
         raise ValueError("a Redis URL is required (the CLI starts an embedded one)")
-    # A blocking pool: past max_connections a command waits (up to 5 s) for a free
-    # connection instead of failing at once with "Too many connections" (the default
-    # pool's cap is 100, which 500 concurrent sessions exceeded).
-    redis_pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=256, timeout=5, socket_timeout=5, socket_connect_timeout=2,
-        decode_responses=False,
-    )
-    redis = aioredis.Redis.from_pool(redis_pool)
+    redis = connect_redis(url)
     store = SessionStore(
         redis,
         ttl_s=settings.session_ttl_s,
@@ -102,7 +186,17 @@ def build_gateway(
     )
     notifier = Notifier(redis)
     store.attach_notifier(notifier)
-    sessions = SessionRunner(settings, store, completions, metrics)
+    membership = Membership(redis, heartbeat_s=settings.replica_heartbeat_s,
+                            ttl_s=settings.replica_ttl_s)
+    ledger = WorkLedger(redis, store, membership.id, forget=membership.forget)
+    sessions = SessionRunner(settings, store, completions, metrics, replica=membership.id,
+                             ledger=ledger)
+    ledger.run = sessions.adopt
+    notifier.on_graph.append(sessions.on_graph)
+    membership.on_change.append(lambda live: dispatcher.set_share(1.0 / max(1, len(live))))
+    membership.on_dead.append(ledger.adopt)
+    membership.on_expired.append(ledger.reindex)
+    membership.on_expired.append(sessions.verify_ownership)
     return Gateway(
         settings=settings,
         pool=pool,
@@ -112,6 +206,8 @@ def build_gateway(
         store=store,
         notifier=notifier,
         sessions=sessions,
+        membership=membership,
+        ledger=ledger,
         auth=Authenticator.from_file(settings.api_keys),
         limits=RateLimiter(redis),
         metrics=metrics,
@@ -125,4 +221,4 @@ def build_gateway(
     )
 
 
-__all__ = ["Gateway", "build_gateway"]
+__all__ = ["Gateway", "build_gateway", "connect_redis"]

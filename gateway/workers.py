@@ -65,15 +65,17 @@ def _worker(settings_json: str, sock: socket.socket, index: int, parent: int) ->
 
     from . import logs
     from .app import create_app
-    from .drain import draining_server
+    from .drain import draining_server, tune_gc
 
     settings = Settings.model_validate_json(settings_json)
     logs.configure(settings.log_level, settings.log_format)
     app = create_app(settings)
+    tune_gc()
     config = uvicorn.Config(
         app,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=int(settings.drain_timeout_s) or None,
+        timeout_keep_alive=int(settings.keep_alive_s),
         access_log=False,
         log_config=None,  # uvicorn's own lines go through our handler (text or JSON)
     )

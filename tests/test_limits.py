@@ -4,14 +4,16 @@ counted in Redis so they hold across two gateway replicas."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
-from gateway.limits import judge, requested_tokens, window_of
+from gateway.limits import Charge, correction, judge, requested_tokens, window_of
 from gateway.testing import Stack, start_stack
 
 pytestmark = pytest.mark.timeout(120)
@@ -54,6 +56,15 @@ def test_requested_tokens_counts_prompt_and_choices() -> None:
                              "max_tokens": 10}) == 110
     assert requested_tokens({"prompt": "abcd", "max_tokens": 5, "n": 3}) == 1 + 15
     assert requested_tokens({"prompt": "", "max_tokens": True}) == 256  # bool is not a count
+
+
+def test_tpm_correction_is_pure() -> None:
+    c = Charge("t", window=2, tokens=100)
+    assert correction(c, 130, now=125.0) == (2, 30)  # same window: the difference
+    assert correction(c, 60, now=125.0) == (2, -40)  # an over-estimate is refunded
+    assert correction(c, 100, now=125.0) is None
+    assert correction(c, 130, now=185.0) == (3, 30)  # later: an excess to the current window
+    assert correction(c, 60, now=185.0) is None  # and no refund into a window it never hit
 
 
 # -- sizes and counts (413) -------------------------------------------------------------
@@ -122,6 +133,46 @@ def test_tpm_429(redis_url: str, tmp_path: Path) -> None:
         body = {"messages": MSG, "max_tokens": 200}
         assert httpx.post(s.url + CHAT, json=body, headers=auth("k"), timeout=30).status_code == 200
         assert_429(httpx.post(s.url + CHAT, json=body, headers=auth("k"), timeout=30))
+
+
+def test_tpm_is_corrected_by_reported_usage(redis_url: str, tmp_path: Path) -> None:
+    """The tokens/min counter ends at what the engine reported (prompt + completion), not at
+    the up-front estimate: plain, streamed and semantic requests alike."""
+    path = keys_file(tmp_path, {"k": {"tenant": "t", "tpm": 10**6}})
+    db = redis.Redis.from_url(redis_url)
+    with start_stack(redis_url, engines=1, api_keys=path) as s:
+        for attempt in range(3):  # a minute boundary in between would split the count
+            window = window_of(time.time())[0]
+            used = 0
+            prompt = "a" * 800  # 200 tokens estimated, far fewer really
+            for stream in (False, True):
+                r = httpx.post(s.url + CHAT, headers=auth("k"), timeout=30, json={
+                    "messages": [{"role": "user", "content": prompt}], "max_tokens": 7,
+                    "ignore_eos": True, "stream": stream,
+                    **({"stream_options": {"include_usage": True}} if stream else {})})
+                assert r.status_code == 200
+                if stream:
+                    chunks = [json.loads(x[6:]) for x in r.text.splitlines()
+                              if x.startswith("data: {")]
+                    u = next(c["usage"] for c in chunks if c.get("usage"))
+                else:
+                    u = r.json()["usage"]
+                used += u["prompt_tokens"] + u["completion_tokens"]
+            r = httpx.post(s.url + CHAT, headers={**auth("k"), "X-Parrot-Session": "u1",
+                                                  "X-Parrot-Output": f"o{attempt}"}, timeout=30,
+                           json={"messages": [{"role": "user", "content": prompt}],
+                                 "max_tokens": 7, "ignore_eos": True})
+            assert r.status_code == 200
+            used += r.json()["usage"]["prompt_tokens"] + r.json()["usage"]["completion_tokens"]
+            key = f"parrot:rl:t:tpm:{window}"
+            deadline = time.monotonic() + 5
+            while int(db.get(key) or 0) != used and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if window == window_of(time.time())[0]:
+                assert int(db.get(key) or 0) == used < 3 * requested_tokens(
+                    {"messages": [{"role": "user", "content": prompt}], "max_tokens": 7})
+                break
+    db.close()
 
 
 def test_max_sessions_429_until_one_is_deleted(redis_url: str, tmp_path: Path) -> None:

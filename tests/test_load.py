@@ -6,12 +6,9 @@ The CI form runs 100 sessions; the full 500-session form is marked slow and is a
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-from benchmarks.load import run_load, summarize
-from gateway.testing import start_stack
+from benchmarks.load import run_local, summarize
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -22,9 +19,8 @@ def test_summarize_percentiles() -> None:
     assert summarize([])["n"] == 0
 
 
-def _run(redis_url: str, sessions: int) -> None:
-    with start_stack(redis_url, engines=2, time_scale=0.01) as stack:
-        report = asyncio.run(run_load(stack.url, sessions, timeout=120))
+def _run(sessions: int) -> None:
+    report = run_local(sessions, engines=2, time_scale=0.01, timeout=120)
     print("\n" + report.table())
     assert report.requests == sessions * 5  # put, 2 async, 1 sync, graph
     assert report.lost == [], report.lost[:10]
@@ -33,10 +29,10 @@ def _run(redis_url: str, sessions: int) -> None:
     assert len(report.latencies["session"]) == sessions
 
 
-def test_load_100_sessions(redis_url: str) -> None:
-    _run(redis_url, 100)
+def test_load_100_sessions() -> None:
+    _run(100)
 
 
 @pytest.mark.slow
-def test_load_500_sessions(redis_url: str) -> None:
-    _run(redis_url, 500)
+def test_load_500_sessions() -> None:
+    _run(500)

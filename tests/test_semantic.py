@@ -157,12 +157,17 @@ def test_delete_session_fails_pending(stack: Stack) -> None:
 
 
 def test_deadline_fails_consumers(stack: Stack) -> None:
+    """The first request's X-Parrot-Timeout sets the session deadline; it bounds every
+    later request of the session too (b asked for nothing: the default 600 s)."""
     c = sdk(stack.url)
+    t0 = time.monotonic()
     submit(c, "s6", "needs {{never}}", output="a", **{"X-Parrot-Timeout": "1"})
     submit(c, "s6", "then {{a}}", output="b")
     a = wait_var(stack.url, "s6", "a", wait=10)
     b = wait_var(stack.url, "s6", "b", wait=10)
+    assert time.monotonic() - t0 < 5
     assert a["status"] == "failed" and "deadline" in a["error"]
+    # b ends with the session too, and says why: its input a failed
     assert b["status"] == "failed" and "upstream_failed" in b["error"] and "'a'" in b["error"]
 
 
@@ -186,7 +191,9 @@ def test_producer_failure_fails_transitive_consumers(redis_url: str) -> None:
     from gateway.embedded import start_sim_engines
 
     sims = start_sim_engines(1, profile="h100-llama3-8b", time_scale=0.5)
-    gw = start_gateway(redis_url, sims.urls, health_interval_s=0.2, retry_budget=0)
+    # No waiting for an engine to come back: the producer fails at once.
+    gw = start_gateway(redis_url, sims.urls, health_interval_s=0.2, retry_budget=0,
+                       engine_wait_s=0)
     try:
         c = sdk(gw.url)
         submit(c, "f1", "Write a long essay", output="a", max_tokens=500)

@@ -152,7 +152,7 @@ async def test_register_declares_graph(store: SessionStore) -> None:
     assert all(v.status == "pending" for v in vs.values())
     assert [r.id for r in await store.list_requests(T, S)] == ["r1", "r2"]
     meta = await meta_of(store, T, S)
-    assert meta["deadline"] == 1234.5 and meta["version"] == 2
+    assert meta["deadline"] == 1234.5 and meta["version"] == 2 and meta["graph"] == 2
     with pytest.raises(Conflict):  # same id twice
         await store.register_request(rec("r1", [], "other"))
 
@@ -184,9 +184,9 @@ async def test_concurrent_register_same_output_one_wins(
             *(s.register_request(rec(f"{out}-{i}", ["x"], out)) for i, s in enumerate([a, b] * 3)),
             return_exceptions=True,
         )
-        winners = [r for r in results if r is None]
+        winners = [r for r in results if not isinstance(r, BaseException)]
         assert len(winners) == 1, results
-        assert all(isinstance(r, Conflict) for r in results if r is not None)
+        assert all(isinstance(r, Conflict) for r in results if r not in winners)
         var = await a.get_variable(T, S, out)
         assert var is not None and var.producer is not None
         assert await record_of(a, T, var.producer) is not None
@@ -222,7 +222,7 @@ async def test_ttl_applied_to_all_session_keys(
     replicas: Callable[..., asyncio.Future[Replica]], redis_url: str
 ) -> None:
     store = (await replicas(ttl_s=120)).store
-    await store.register_request(rec("r1", ["q"], "a"))
+    await store.register_request(rec("r1", ["q"], "a"), work=b"gw-1\n{}")
     keys = store.keys(T, S)
     raw = aioredis.from_url(redis_url)
     try:

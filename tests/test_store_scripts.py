@@ -1,5 +1,6 @@
-"""The Lua fast path of registration (gateway/store/scripts.py) against the pure plans
-(gateway/store/plans.py): one property test over random histories, on a real redis-server."""
+"""The Lua fast paths of registration and of results and failures (gateway/store/scripts.py)
+against the pure plans (gateway/store/plans.py): one property test over random histories,
+on a real redis-server."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from gateway.store import (
     plan_register,
     plan_result,
 )
-from gateway.store.plans import check_size
+from gateway.store.plans import Registered, check_size
 
 T = "acme"
 
@@ -50,12 +51,14 @@ class Result:
     name: str
     value: str
     producer: str | None
+    record: str | None = None  # the producer's final record, written with it
 
 
 @dataclass(frozen=True)
 class Fail:
     name: str
     error: str
+    record: str | None = None
 
 
 Op = Register | Put | Result | Fail
@@ -67,14 +70,23 @@ _ops = st.one_of(
     st.builds(Register, st.sampled_from(RIDS), st.lists(st.sampled_from(NAMES), max_size=3).map(tuple),
               st.none() | st.sampled_from(NAMES), st.none() | st.sampled_from([50.0, 75.5])),
     st.builds(Put, st.sampled_from(NAMES), _values),
-    st.builds(Result, st.sampled_from(NAMES), _values, st.none() | st.sampled_from(RIDS)),
-    st.builds(Fail, st.sampled_from(NAMES), st.sampled_from(["boom", "upstream_failed: é/\"\n"])),
+    st.builds(Result, st.sampled_from(NAMES), _values, st.none() | st.sampled_from(RIDS),
+              st.none() | st.sampled_from(RIDS)),
+    st.builds(Fail, st.sampled_from(NAMES), st.sampled_from(["boom", "upstream_failed: é/\"\n"]),
+              st.none() | st.sampled_from(RIDS)),
 )
 
 
 def _record(op: Register, session: str, now: float) -> RequestRecord:
     return RequestRecord(id=op.rid, tenant=T, session=session, inputs=list(op.inputs),
                          output=op.output, created_at=now)
+
+
+def _final(rid: str | None, session: str, status: str) -> RequestRecord | None:
+    if rid is None:
+        return None
+    return RequestRecord(id=rid, tenant=T, session=session, inputs=[], output=None,
+                         status=status, created_at=1.0, finished_at=2.0)
 
 
 def _outcome(result: object) -> Outcome:
@@ -105,6 +117,9 @@ class MemorySession:
             plan = plan_register(r, current, len(self.vars), self.max_variables, now,
                                  id_taken=r.id in self.reqs)
             deadline = op.deadline
+            until = self.meta.get("deadline", deadline)
+            plan.result = Registered(self.meta.get("created", now), until,
+                                     int(self.meta.get("graph", 0)) + 1)
         elif isinstance(op, Put):
             check_size(op.name, op.value, MAX_VALUE_BYTES)
             plan = plan_put(op.name, op.value, self.vars.get(op.name), len(self.vars),
@@ -112,13 +127,22 @@ class MemorySession:
         elif isinstance(op, Result):
             check_size(op.name, op.value, MAX_VALUE_BYTES)
             plan = plan_result(op.name, op.value, self.vars.get(op.name), op.producer, now)
+            record = _final(op.record, session, "done")
+            if record is not None:
+                plan.requests.append(record)
         else:
-            plan = plan_fail(op.name, op.error, self.vars.get(op.name), now)
+            current = self.vars.get(op.name)
+            plan = plan_fail(op.name, op.error, current, now)
+            record = _final(op.record, session, "failed")
+            if record is not None and (plan.variables or current is not None):
+                plan.requests.append(record)
         if plan.writes:
             self.meta.setdefault("created", now)
             if deadline is not None:
                 self.meta.setdefault("deadline", deadline)
             self.meta["version"] = self.meta.get("version", 0) + 1
+            if plan.reshaped:
+                self.meta["graph"] = self.meta.get("graph", 0) + 1
             self.vars.update({v.name: v for v in plan.variables})
             self.reqs.update({q.id: q for q in plan.requests})
         return plan.result
@@ -135,9 +159,11 @@ async def _run_on_store(store: SessionStore, op: Op, session: str, now: float) -
         if isinstance(op, Put):
             return _outcome(await store.put_variable(T, session, op.name, op.value))
         if isinstance(op, Result):
-            return _outcome(await store.set_result(T, session, op.name, op.value,
-                                                   producer=op.producer))
-        return _outcome(await store.fail_variable(T, session, op.name, op.error))
+            return _outcome(await store.set_result(
+                T, session, op.name, op.value, producer=op.producer,
+                record=_final(op.record, session, "done")))
+        return _outcome(await store.fail_variable(T, session, op.name, op.error,
+                                                  record=_final(op.record, session, "failed")))
     except ParrotError as exc:
         return ("error", (type(exc).__name__, exc.body()))
 
@@ -163,11 +189,13 @@ async def _replay(url: str, max_variables: int, history: list[Op]) -> None:
         transactions.append(session)
         return await lua_transact(tenant, session, decide)  # type: ignore[arg-type]
 
-    async def no_fast_path(*_: object, **__: object) -> bool:
-        return False
+    async def no_fast_path(*_: object, **__: object) -> None:
+        return None
 
     lua._transact = spy  # type: ignore[method-assign]
     txn._register_fast = no_fast_path  # type: ignore[method-assign]
+    txn._settle_fast = no_fast_path  # type: ignore[method-assign]
+    txn._put_fast = no_fast_path  # type: ignore[method-assign]
     model = MemorySession(max_variables)
     run = uuid.uuid4().hex[:8]
     try:
@@ -176,7 +204,7 @@ async def _replay(url: str, max_variables: int, history: list[Op]) -> None:
             expected = model.run(op, f"{run}-mem", clock[0])
             before = len(transactions)
             got = await _run_on_store(lua, op, f"{run}-lua", clock[0])
-            assert not isinstance(op, Register) or len(transactions) == before, "not the Lua path"
+            assert len(transactions) == before, "not the Lua path"
             assert got == expected, (step, op, "lua")
             assert await _run_on_store(txn, op, f"{run}-txn", clock[0]) == expected, (step, op)
             want = model.state()
@@ -198,7 +226,7 @@ def test_lua_registration_and_pure_plans_agree_on_random_histories(
 ) -> None:
     """Each history of registrations (random inputs and outputs, duplicate ids, second
     producers, past the variable limit), puts, results and fails runs three ways: the
-    store with its Lua fast path, the store with only its WATCH/MULTI path, and the pure
+    store with its Lua fast paths, the store with only its WATCH/MULTI path, and the pure
     plans over memory. Every step gives the same outcome (result or error) and leaves
     the same variables, records and session meta behind."""
     asyncio.run(_replay(redis_url, max_variables, history))

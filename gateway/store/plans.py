@@ -31,10 +31,26 @@ class Plan:
     requests: list[RequestRecord] = field(default_factory=list)
     events: list[tuple[str | None, EventKind]] = field(default_factory=list)
     deadline: float | None = None  # set on the session if it has none
+    work: dict[str, bytes] = field(default_factory=dict)  # work entries to write (gateway/work.py)
+    done: list[str] = field(default_factory=list)  # work entries to drop (their requests ended)
+    reshaped: bool = False  # the graph changed (a registration): bump meta.graph
 
     @property
     def writes(self) -> bool:
         return bool(self.variables or self.requests)
+
+
+@dataclass(frozen=True)
+class Registered:
+    """What a registration returns: the session's start (``meta.created``, shared by every
+    replica: application age for the scheduler), its deadline, and the graph version
+    after this registration (``meta.graph``: bumped by registrations only)."""
+
+    created: float
+    deadline: float | None
+    graph: int
+    # the inputs' states as registered (None: not read); informative, not compared
+    inputs: dict[str, Variable] | None = field(default=None, compare=False)
 
 
 # ------------------------------------------------------------------ refusals
@@ -50,6 +66,18 @@ def already_settled(name: str, status: str) -> Conflict:
 
 def already_produced(name: str, producer: str) -> Conflict:
     return Conflict(f"variable {name!r} is already produced by request {producer}", param=name)
+
+
+def output_of_request(name: str, producer: str) -> Conflict:
+    return Conflict(f"variable {name!r} is the output of request {producer}", param=name)
+
+
+def missing_variable(name: str) -> NotFound:
+    return NotFound(f"variable {name!r} not found", param=name)
+
+
+def not_the_producer(name: str, producer: str) -> Conflict:
+    return Conflict(f"request {producer} does not produce variable {name!r}", param=name)
 
 
 def check_size(name: str, value: str, max_value_bytes: int) -> None:
@@ -129,7 +157,7 @@ def plan_register(
         if rec.id not in var.consumers:
             var.consumers.append(rec.id)
         out[name] = var
-    return Plan(variables=list(out.values()), requests=[rec])
+    return Plan(variables=list(out.values()), requests=[rec], reshaped=True)
 
 
 # --------------------------------------------------------------------- values
@@ -141,9 +169,7 @@ def plan_put(
     """A user sets an input: only a pending variable without a producer."""
     _writable(name, current)
     if current is not None and current.producer is not None:
-        raise Conflict(
-            f"variable {name!r} is the output of request {current.producer}", param=name
-        )
+        raise output_of_request(name, current.producer)
     check_count(var_count, current is None, max_variables)
     var = Variable(
         name,
@@ -160,10 +186,10 @@ def plan_result(
 ) -> Plan:
     """The producer stores its output; the variable must exist (else the session went)."""
     if current is None:
-        raise NotFound(f"variable {name!r} not found", param=name)
+        raise missing_variable(name)
     _writable(name, current)
     if producer is not None and current.producer != producer:
-        raise Conflict(f"request {producer} does not produce variable {name!r}", param=name)
+        raise not_the_producer(name, producer)
     var = dataclasses.replace(
         current, status="ready", value=value, consumers=list(current.consumers), updated_at=now
     )

@@ -71,6 +71,7 @@ class RequestRecord:
     completion_tokens: int | None = None
     created_at: float = 0.0
     ready_at: float | None = None  # all inputs ready
+    queued_at: float | None = None  # handed to the dispatcher (analysed, measured)
     started_at: float | None = None  # sent to an engine
     first_token_at: float | None = None  # first generated token (streamed engine calls)
     finished_at: float | None = None
