@@ -25,8 +25,9 @@ So the gateway holds work back, on purpose, and releases it in its own order
   throughput job may bring at most ``protect_prefill_tokens`` uncached tokens
   once prefill takes ``protect_duty`` of the engine's time; heavy batch
   prefill goes to the other engines (Parrot's split of latency and throughput
-  engines, decided per moment from where latency work runs), and the latency
-  work decodes at close to its unloaded speed.
+  engines, decided per moment from where latency work runs), and at most
+  ``protect_batch`` throughput requests share its decode batch, so the
+  latency work decodes at close to its unloaded speed.
 
 Every rule yields when it would leave the engine idle, so holding back never
 wastes capacity. All budgets scale with this replica's share of the engine.
@@ -75,8 +76,11 @@ def refusal(
             now, cfg.duty_window_s, cfg.prefill_s_per_token / share
         ) >= cfg.app_window_duty:
             return APP_WINDOW
-    if protected and not latency and uncached > cfg.protect_prefill_tokens and e.prefill_duty(
-        now, cfg.duty_window_s, cfg.prefill_s_per_token / share
-    ) >= cfg.protect_duty:
-        return PROTECTED
+    if protected and not latency:
+        if uncached > cfg.protect_prefill_tokens and e.prefill_duty(
+            now, cfg.duty_window_s, cfg.prefill_s_per_token / share
+        ) >= cfg.protect_duty:
+            return PROTECTED
+        if cfg.protect_batch and e.inflight - e.latency_inflight >= max(1, cfg.protect_batch * share):
+            return PROTECTED
     return None

@@ -117,6 +117,7 @@ class SchedulerConfig:
     protect_latency: bool = True
     protect_prefill_tokens: int = 512
     protect_duty: float = 0.5  # ... unless its recent prefill duty is below this
+    protect_batch: int = 32  # throughput requests a protected engine decodes at once (0 = any)
     protect_frac: float = 0.5
 
     def engine_capacity(self, advertised: int) -> int:
