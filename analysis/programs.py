@@ -250,10 +250,20 @@ def identify(messages: Sequence[Any] | None, *, user: str | None = None,
                 contents.append(Probe("content", k))
         if len(chain) >= MAX_CHAIN_PROBES and len(tools) >= MAX_TOOL_PROBES:
             break
+    if len(contents) == 1 and not chain and not tools and _first_turn(messages):
+        # A conversation's first turn (one message besides the system prompt) continues
+        # nothing: quoting another program's answer as its only message is a new
+        # program's start, and asking the store about it would cost every fresh request
+        # a round trip.
+        contents = []
     probes = [*chain, *tools, *contents]
     if uk:
         probes.append(Probe("user", uk))
     return Query(tuple(probes), None, uk, digests[-1])
+
+
+def _first_turn(messages: Sequence[Any]) -> bool:
+    return sum(1 for m in messages if not (isinstance(m, Mapping) and m.get("role") == "system")) <= 1
 
 
 def assistant_messages(body: Mapping[str, Any]) -> list[Mapping[str, Any]]:

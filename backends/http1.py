@@ -136,6 +136,10 @@ class _Conn(asyncio.Protocol):
 
     def send(self, data: bytes, on_chunk: Chunk | None) -> None:
         assert self.transport is not None
+        if self.closed or self.transport.is_closing():
+            # Lost before this request (e.g. the server died between connect and send):
+            # connection_lost has already fired, so nothing would ever answer these futures.
+            raise HttpError("connection closed before the request was sent")
         loop = asyncio.get_running_loop()
         self.head, self.done = loop.create_future(), loop.create_future()
         self.on_chunk, self.headers, self.parts, self.got_bytes = on_chunk, {}, [], False
@@ -208,14 +212,18 @@ class HttpClient:
         host, port, data = format_request(method, url, body, headers)
         for attempt in (0, 1):
             c, reused = await self._checkout(host, port)
+            sent = False
             try:
-                c.send(data, on_chunk)
+                c.send(data, on_chunk)  # HttpError at once if it closed meanwhile: nothing sent
+                sent = True
                 status, head = await self._wait(c, c.head, timeout)  # type: ignore[arg-type]
                 return host, port, c, status, head
             except HttpError:
                 self._drop(c)
-                # A pooled connection the server had closed: nothing was processed, resend once.
-                if reused and not c.got_bytes and attempt == 0:
+                # Nothing reached a server that could have processed it: not sent at all,
+                # or sent on a pooled connection the server had just closed. Resend once
+                # (a fresh connection fails with ConnectFailed if nothing listens now).
+                if attempt == 0 and (not sent or (reused and not c.got_bytes)):
                     continue
                 raise
             except BaseException:

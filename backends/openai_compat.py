@@ -1,10 +1,10 @@
-"""Client for any OpenAI-compatible engine (vLLM, llama.cpp, ...), over pooled aiohttp.
+"""Client for any OpenAI-compatible engine (vLLM, llama.cpp, ...), over ``backends.http1``.
 
-aiohttp rather than httpx here, on measurement: httpcore's pool scans every
-pooled connection (with a socket poll each) for every request, which cost
-about 1 ms of CPU per proxied request at 16-32 open connections and made the
-engine client the gateway's largest CPU cost. aiohttp's connector is O(1) per
-request and its HTTP parser is in C. Clients elsewhere still use httpx.
+Every proxied request makes one engine call, so the client's own CPU is paid per
+request. Measured on this project: httpx's pool cost ~1 ms per call at 16-32 open
+connections (it scans every pooled connection), aiohttp ~150 us of Python each way;
+``http1`` formats a request as one write and parses answers with httptools (the C
+parser uvicorn uses), which is what an engine client needs and no more.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
-import aiohttp
 import orjson
 
 from common.types import JSON
@@ -31,12 +30,13 @@ from .base import (
     EngineTimeout,
     EngineUnreachable,
 )
+from .http1 import ConnectFailed, HttpClient, HttpError, ReadTimeout
 
 ROUTES = {"chat": "/v1/chat/completions", "completion": "/v1/completions", "generate": "/generate"}
 JSON_HEADERS = {"Content-Type": "application/json"}
 # Idle pooled connections are dropped before the server's keep-alive timeout would close
-# them under a new request (uvicorn, which SGLang runs on, closes after 5 s; aiohttp's
-# default keeps them 15 s): such a race fails a request with "Server disconnected".
+# them under a new request (uvicorn, which SGLang runs on, closes after 5 s): such a race
+# fails a request with "Server disconnected".
 KEEPALIVE_S = 4.0
 
 
@@ -71,17 +71,14 @@ async def _mapped_errors() -> AsyncIterator[None]:
         yield
     except EngineFailure:
         raise
-    except aiohttp.ServerTimeoutError as exc:
-        raise EngineTimeout(f"engine timeout: {exc!r}") from exc
-    except aiohttp.ClientConnectorError as exc:  # no connection at all
-        raise EngineConnectFailed(f"engine unreachable: {exc!r}") from exc
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError,
-            aiohttp.ClientPayloadError) as exc:  # connection broke
+    except ReadTimeout as exc:
+        raise EngineTimeout(f"engine timeout: {exc}") from exc
+    except ConnectFailed as exc:  # no connection at all
+        raise EngineConnectFailed(f"engine unreachable: {exc}") from exc
+    except (HttpError, OSError) as exc:  # the connection broke
         raise EngineUnreachable(f"engine unreachable: {exc!r}") from exc
     except asyncio.TimeoutError as exc:
         raise EngineTimeout("engine timeout") from exc
-    except aiohttp.ClientError as exc:
-        raise EngineServerError(f"engine transport error: {exc!r}") from exc
 
 
 class OpenAIEngine(Engine):
@@ -97,26 +94,13 @@ class OpenAIEngine(Engine):
         max_connections: int = 1024,
     ) -> None:
         self.url = url.rstrip("/")
-        self._headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=connect_timeout, sock_connect=connect_timeout, sock_read=timeout
-        )
-        self._max_connections = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = HttpClient(connect_timeout=connect_timeout, read_timeout=timeout,
+                                keepalive_s=KEEPALIVE_S)
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        """Created on first use, inside the running event loop."""
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                base_url=self.url + "/",
-                headers=self._headers,
-                timeout=self._timeout,
-                connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300,
-                                               keepalive_timeout=KEEPALIVE_S),
-                cookie_jar=aiohttp.DummyCookieJar(),  # engines set no cookies; skip the jar per request
-            )
-        return self._session
+    def _call_headers(self, call: EngineCall) -> Mapping[str, str]:
+        headers = _headers(call)
+        return {**self._auth, **headers} if self._auth else headers
 
     def request_body(self, call: EngineCall) -> JSON:
         """The JSON sent to the engine; subclasses add engine-specific fields. A streamed
@@ -142,11 +126,11 @@ class OpenAIEngine(Engine):
     async def complete(self, call: EngineCall) -> JSON:
         path = self._path(call)
         async with _mapped_errors():
-            async with self.session.post(
-                path, data=orjson.dumps(self.request_body(call)), headers=_headers(call),
-            ) as response:
-                body = _parse_body(await response.read())
-                _raise_for_status(response.status, body)
+            r = await self._http.request("POST", f"{self.url}/{path}",
+                                         orjson.dumps(self.request_body(call)),
+                                         dict(self._call_headers(call)))
+            body = _parse_body(r.body)
+            _raise_for_status(r.status, body)
         if not isinstance(body, dict):
             raise EngineServerError("engine returned a non-object body")
         return body
@@ -154,42 +138,47 @@ class OpenAIEngine(Engine):
     async def stream(self, call: EngineCall) -> AsyncIterator[JSON]:
         path = self._path(call)
         async with _mapped_errors():
-            async with self.session.post(
-                path, data=orjson.dumps(self.request_body(call)), headers=_headers(call),
-            ) as response:
-                if response.status >= 400:
-                    _raise_for_status(response.status, _parse_body(await response.read()))
-                async for raw in response.content:
-                    if not raw.startswith(b"data:"):
-                        continue
-                    data = raw[5:].strip()
-                    if data == b"[DONE]":
-                        return
-                    try:
-                        chunk = orjson.loads(data)
-                    except ValueError as exc:
-                        raise EngineServerError(f"bad SSE chunk from engine: {data[:100]!r}") from exc
-                    if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
-                        raise EngineServerError(str(chunk["error"]), body=chunk)
-                    yield chunk
+            status, _, chunks = await self._http.stream(
+                "POST", f"{self.url}/{path}", orjson.dumps(self.request_body(call)),
+                dict(self._call_headers(call)),
+            )
+            try:
+                if status >= 400:
+                    _raise_for_status(status, _parse_body(b"".join([c async for c in chunks])))
+                buf = b""
+                async for data in chunks:
+                    buf += data
+                    *lines, buf = buf.split(b"\n")
+                    for raw in lines:
+                        if not raw.startswith(b"data:"):
+                            continue
+                        payload = raw[5:].strip()
+                        if payload == b"[DONE]":
+                            return
+                        try:
+                            chunk = orjson.loads(payload)
+                        except ValueError as exc:
+                            raise EngineServerError(
+                                f"bad SSE chunk from engine: {payload[:100]!r}") from exc
+                        if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+                            raise EngineServerError(str(chunk["error"]), body=chunk)
+                        yield chunk
+            finally:
+                await chunks.aclose()  # type: ignore[attr-defined]
             raise EngineUnreachable("engine closed the stream before [DONE]")
 
     async def _get_json(self, path: str, timeout: float | None = None) -> Any:
         async with _mapped_errors():
-            kw: dict[str, Any] = {}
-            if timeout is not None:
-                kw["timeout"] = aiohttp.ClientTimeout(total=timeout)
-            async with self.session.get(path.lstrip("/"), **kw) as response:
-                body = _parse_body(await response.read())
-                _raise_for_status(response.status, body)
-                return body
+            r = await self._http.request("GET", self.url + path, None, self._auth or None, timeout)
+            body = _parse_body(r.body)
+            _raise_for_status(r.status, body)
+            return body
 
     async def _post_ok(self, path: str) -> bool:
         try:
             async with _mapped_errors():
-                async with self.session.post(path.lstrip("/")) as response:
-                    await response.read()
-                    return response.status < 400
+                r = await self._http.request("POST", self.url + path, b"", self._auth or None)
+                return r.status < 400
         except EngineFailure:
             return False
 
@@ -204,11 +193,9 @@ class OpenAIEngine(Engine):
     async def health(self) -> bool:
         try:
             async with _mapped_errors():
-                async with self.session.get(
-                    "health", timeout=aiohttp.ClientTimeout(total=2.0)
-                ) as response:
-                    await response.read()
-                    status = response.status
+                r = await self._http.request("GET", self.url + "/health", None, self._auth or None,
+                                             timeout=2.0)
+                status = r.status
             if status == 404:  # many OpenAI servers lack /health
                 await self._get_json("/v1/models", timeout=2.0)
                 return True
@@ -217,5 +204,4 @@ class OpenAIEngine(Engine):
             return False
 
     async def aclose(self) -> None:
-        if self._session is not None and not self._session.closed:
-            await self._session.close()
+        await self._http.close()

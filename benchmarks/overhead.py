@@ -46,15 +46,18 @@ PROCESSES = {
 
 async def load(url: str, model: str, concurrency: int, requests: int, warmup: int = WARMUP,
                headers: dict[str, str] | None = None) -> dict[str, Any]:
-    """Closed loop: ``concurrency`` workers share ``requests`` calls; latencies in ms."""
-    body = {"model": model, "messages": [{"role": "user", "content": "Say something short. " * 8}],
-            "max_tokens": 8, "temperature": 0.0, "ignore_eos": True}
+    """Closed loop: ``concurrency`` workers share ``requests`` calls; latencies in ms. Each
+    request is a new one-turn conversation (its own question), as independent users send."""
+
+    def body(i: int) -> dict[str, Any]:
+        return {"model": model, "max_tokens": 8, "temperature": 0.0, "ignore_eos": True,
+                "messages": [{"role": "user", "content": f"Question {i}: say something short. " * 8}]}
     lat: list[float] = []
     errors = 0
     limits = httpx.Limits(max_connections=concurrency * 2, max_keepalive_connections=concurrency * 2)
     async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as client:
-        for _ in range(warmup):
-            await client.post(url + "/v1/chat/completions", json=body)
+        for i in range(warmup):
+            await client.post(url + "/v1/chat/completions", json=body(-1 - i))
         left = requests
 
         async def worker() -> None:
@@ -63,7 +66,7 @@ async def load(url: str, model: str, concurrency: int, requests: int, warmup: in
                 left -= 1
                 t = time.perf_counter()
                 try:
-                    r = await client.post(url + "/v1/chat/completions", json=body)
+                    r = await client.post(url + "/v1/chat/completions", json=body(left))
                     ok = r.status_code == 200
                 except httpx.HTTPError:
                     ok = False

@@ -163,7 +163,7 @@ class ProgramStore:
 
     def __init__(self, redis: aioredis.Redis, *, prefix: str = "parrot", ttl_s: int = 900,
                  max_steps: int = 256, cache: ReplicaCache | None = None,
-                 flush_delay_s: float = 0.0) -> None:
+                 flush_delay_s: float = 0.005) -> None:
         self.redis = redis
         self.flush_delay_s = flush_delay_s  # writes wait this long to share a pipeline
         self.channel = f"{prefix}:prog:ambiguous"  # keys that turned ambiguous, for every replica

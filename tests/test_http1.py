@@ -120,3 +120,22 @@ def test_connect_refused_and_read_timeouts_are_told_apart(server: str) -> None:
             await c.close()
 
     asyncio.run(main())
+
+
+def test_a_server_that_closes_at_once_fails_fast_instead_of_hanging() -> None:
+    async def main() -> None:
+        async def slam(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        srv = await asyncio.start_server(slam, "127.0.0.1", 0)
+        port = srv.sockets[0].getsockname()[1]
+        c = HttpClient(read_timeout=30)
+        try:
+            for _ in range(3):
+                with pytest.raises(HttpError):
+                    await asyncio.wait_for(c.request("POST", f"http://127.0.0.1:{port}/x", b"{}"), 5)
+        finally:
+            await c.close()
+            srv.close()
+
+    asyncio.run(main())
