@@ -18,8 +18,6 @@ def _f(x: Any, nd: int = 3) -> str:
     return "-" if x is None else f"{x:.{nd}f}" if isinstance(x, float) else str(x)
 
 
-
-
 def _lag(m: dict[str, Any]) -> str:
     h = m.get("harness") or {}
     vals = [v for v in (h.get("start_lag_p99_ms"), h.get("send_lag_p99_ms")) if v is not None]
@@ -125,9 +123,15 @@ SYSTEM_ORDER = ("baseline", "sglang-router", "gateway-plain", "gateway")
 
 def markdown_table(summary: dict[str, Any]) -> str:
     """Mean app latency per system (engine seconds), the bound and the ratios, as Markdown
-    (a saturation run: capacity, goodput and the latency-vs-load curve instead)."""
-    if any("capacity_apps_per_s" in w and "sweep" in w for w in summary["workloads"].values()):
+    (a saturation run: capacity, goodput and the latency-vs-load curve instead; a run with
+    chat and batch tenants: their objectives; a run of other systems: one row each)."""
+    works = summary["workloads"].values()
+    if any("capacity_apps_per_s" in w and "sweep" in w for w in works):
         return saturation_markdown(summary)
+    if any(_has_chat_and_batch(w) for w in works):
+        return mixed_markdown(summary)
+    if any(set(w["systems"]) - set(SYSTEM_ORDER) for w in works):
+        return systems_markdown(summary)
     from .charts import sweep_points
 
     systems = [s for s in SYSTEM_ORDER if any(s in w["systems"] for w in summary["workloads"].values())]
@@ -185,6 +189,76 @@ def saturation_markdown(summary: dict[str, Any]) -> str:
     return "\n\n".join(out)
 
 
+def _has_chat_and_batch(w: dict[str, Any]) -> bool:
+    """A latency tenant of streamed chats (they have a TTFT) beside batch tenants."""
+    return any({"chat", "batch"} <= set(m.get("by_kind") or {})
+               and m["by_kind"]["chat"].get("ttft_p50_s") is not None for m in w["systems"].values())
+
+
+def _load_note(w: dict[str, Any]) -> str:
+    load, rate = w.get("offered_load"), w.get("rate")
+    return (f"{load:g} x the baseline's capacity, " if isinstance(load, float) else "") + (
+        f"{rate:.2f} apps/s" if isinstance(rate, float) else "")
+
+
+def _not_comparable(w: dict[str, Any]) -> list[str]:
+    return [f"\n\\* {s}: not comparable: {why}" for s, why in (w.get("not_comparable") or {}).items()]
+
+
+def mixed_markdown(summary: dict[str, Any]) -> str:
+    """The latency tenant (streamed chats: TTFT, seconds per output token) against the batch
+    tenants (job completion time), per system, in engine seconds."""
+    out = []
+    for name, w in summary["workloads"].items():
+        if not _has_chat_and_batch(w):
+            continue
+        lines = [f"**{name}** ({_load_note(w)})", "",
+                 "| system | chat TTFT p50 / p99 (s) | chat s/token p50 / p99 | batch JCT mean / p99 (s) "
+                 "| cached |", "|---|---|---|---|---|"]
+        bad = w.get("not_comparable") or {}
+        for s, m in w["systems"].items():
+            c, b = m["by_kind"].get("chat") or {}, m["by_kind"].get("batch") or {}
+            lines.append(
+                f"| {s}{' *' if s in bad else ''} "
+                f"| {_f(c.get('ttft_p50_s'), 3)} / {_f(c.get('ttft_p99_s'), 3)} "
+                f"| {_f(c.get('normalized_latency_p50_s_per_token'), 4)} / "
+                f"{_f(c.get('normalized_latency_p99_s_per_token'), 4)} "
+                f"| {_f(b.get('jct_mean_s'), 2)} / {_f(b.get('jct_p99_s'), 2)} "
+                f"| {_f(m.get('cached_token_ratio'), 2)} |")
+        out.append("\n".join(lines + _not_comparable(w)))
+    return "\n\n".join(out)
+
+
+def systems_markdown(summary: dict[str, Any]) -> str:
+    """One row per system of a single-load run (policy switches, replicas, unmodified
+    clients): mean / p50 / p99 app latency in engine seconds, cached share, engine busy."""
+    out = []
+    for name, w in summary["workloads"].items():
+        lines = [f"**{name}** ({_load_note(w)})", "",
+                 "| system | mean | p50 | p99 | cached | engines busy | apps/s |",
+                 "|---|---|---|---|---|---|---|"]
+        bad = w.get("not_comparable") or {}
+        for s, m in w["systems"].items():
+            lines.append(
+                f"| {s}{' *' if s in bad else ''} | {_f(m.get('e2e_mean_s'))} | {_f(m.get('e2e_p50_s'))} "
+                f"| {_f(m.get('e2e_p99_s'))} | {_f(m.get('cached_token_ratio'), 2)} "
+                f"| {_f(m.get('engine_utilization'), 2)} | {_f(m.get('throughput_apps_per_s'), 2)} |")
+        out.append("\n".join(lines + _not_comparable(w)))
+    return "\n\n".join(out)
+
+
+def plain_markdown(result: dict[str, Any]) -> str:
+    """Closed-loop plain streams: TTFT, inter-token latency, end-to-end latency and
+    throughput per system and concurrency (wall ms at time-scale 1)."""
+    lines = ["| streams | system | TTFT p50 / p95 (ms) | ITL mean (ms) | e2e mean (ms) | req/s | errors |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["runs"]:
+        lines.append(f"| {r['concurrency']} | {r['system']} "
+                     f"| {_f(r['ttft_p50_ms'], 1)} / {_f(r['ttft_p95_ms'], 1)} | {_f(r['itl_mean_ms'], 2)} "
+                     f"| {_f(r['e2e_mean_ms'], 0)} | {_f(r['throughput_rps'], 2)} | {r['errors']} |")
+    return "\n".join(lines)
+
+
 def overhead_table(c1: dict[str, Any], c16: dict[str, Any]) -> str:
     """Added latency and throughput per proxy at concurrency 1 and 16, as Markdown."""
     labels = {"direct": "direct to the engine", "parrot-gateway": "parrot-gateway",
@@ -231,6 +305,8 @@ def fill_readme(text: str, results: Path) -> str:
         name = m.group(2)
         if name == "policies":
             body = policies_table(results / "policies")
+        elif name == "plain":
+            body = plain_markdown(json.loads((results / "plain" / "plain.json").read_text()))
         elif name == "overhead":
             c1 = json.loads((results / "overhead-c1" / "overhead.json").read_text())
             c16 = json.loads((results / "overhead" / "overhead.json").read_text())
