@@ -67,3 +67,27 @@ def test_take_requeue_and_forget() -> None:
     assert drain(q, 5) == ["j1", "j2"]
     q.forget("j0")
     assert "j0" not in q and q.class_len(LATENCY) == 0
+
+
+def test_ready_heap_stays_small_under_a_deep_queue() -> None:
+    """Pop, requeue and push cycles against a deep tenant queue leave O(tenants) live
+    entries and each superseded one is skipped once: the scheduler pops, fails to place
+    and requeues thousands of times at saturation, and an earlier version re-pushed every
+    superseded entry on each pop (its CPU grew with the queue's whole history)."""
+    q = FairQueue(max_wait_s=1e9)
+    for i in range(2000):
+        q.push(f"a{i}", "a", 1.0, 10, latency=False, now=0)
+        q.push(f"b{i}", "b", 1.0, 10, latency=False, now=0)
+    order = []
+    for k in range(3000):
+        j = q.pop(1.0)
+        assert j is not None
+        if k % 3:
+            q.requeue(j)  # not placed: back with its slot
+            j = q.pop(1.0)
+            assert j is not None
+        order.append(j)
+        q.forget(j)
+        q.push(f"n{k}", "a" if k % 2 else "b", 1.0, 10, latency=False, now=1.0)
+        assert len(q._ready[1]) <= 8, len(q._ready[1])
+    assert len(set(order)) == 3000 and len(q) == 4000

@@ -58,6 +58,8 @@ class _Tenant:
     tags: list[float] = field(default_factory=list)
     jobs: list[tuple[Order, int, str]] = field(default_factory=list)
     count: int = 0
+    live: int | None = None  # seq of this tenant's one valid entry in the ready heap
+    live_tag: float = 0.0
 
     def min_tag(self) -> float | None:
         return self.tags[0] if self.tags else None
@@ -132,21 +134,16 @@ class FairQueue:
             ready = self._ready[cls]
             tenants = self._tenants[cls]
             while ready:
-                tag, _, name = ready[0]
+                tag, seq, name = ready[0]
                 t = tenants.get(name)
-                current = t.min_tag() if t is not None else None
-                if current is None or current != tag:
-                    heapq.heappop(ready)
-                    if current is not None:
-                        self._seq += 1
-                        heapq.heappush(ready, (current, self._seq, name))
-                    continue
+                heapq.heappop(ready)
+                if t is None or seq != t.live:
+                    continue  # superseded when the tenant's smallest tag changed
+                t.live = None
                 job_id = self._best_job(t, cls)
                 if job_id is None:  # pragma: no cover - slots and jobs are kept in step
-                    heapq.heappop(ready)
                     t.tags.clear()
                     continue
-                heapq.heappop(ready)
                 t.tags.pop(0)
                 e = self._entries[job_id]
                 e.queued, e.slot = False, tag
@@ -226,10 +223,18 @@ class FairQueue:
         self._push_ready(e.cls, e.tenant, t)
 
     def _push_ready(self, cls: int, name: str, t: _Tenant) -> None:
+        """Keep exactly one valid ready entry per tenant, at its smallest tag: a new entry
+        only when that tag changed (the old one is then skipped once when it surfaces),
+        so the heap holds O(changes) entries and each is popped at most once."""
         tag = t.min_tag()
-        if tag is not None:
-            self._seq += 1
-            heapq.heappush(self._ready[cls], (tag, self._seq, name))
+        if tag is None:
+            t.live = None
+            return
+        if t.live is not None and t.live_tag == tag:
+            return
+        self._seq += 1
+        heapq.heappush(self._ready[cls], (tag, self._seq, name))
+        t.live, t.live_tag = self._seq, tag
 
     def _best_job(self, t: _Tenant, cls: int) -> str | None:
         jobs = t.jobs

@@ -85,7 +85,7 @@ class SchedulerConfig:
     app_order: bool = True  # False: FIFO inside a tenant and no age priority (comparisons)
     prefill_token_weight: float = 0.05  # cost of one uncached prompt token vs one output token
     external_request_work: float = 128.0  # work assumed per request we did not send (on_load)
-    max_skips: int = 64  # unplaceable queue heads (pin/avoid/KV/admission) passed over per schedule()
+    max_skips: int = 16  # unplaceable queue heads (pin/avoid/KV/admission) passed over per schedule()
     # Placement cost model, in decode-step units (one step of a small batch). Defaults
     # from the sim's h100-llama3-8b profile: a decode step is 5.8 ms at batch 1 / 4k KV
     # and 8.5 ms at batch 16 / 64k KV, i.e. +(8.5-5.8)/15 = 0.18 ms = 0.03 steps per
