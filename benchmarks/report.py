@@ -260,13 +260,25 @@ def plain_markdown(result: dict[str, Any]) -> str:
 
 
 def overhead_table(c1: dict[str, Any], c16: dict[str, Any]) -> str:
-    """Added latency and throughput per proxy at concurrency 1 and 16, as Markdown."""
+    """Added latency, throughput and proxy CPU per request (the proxy process; for the
+    gateway, + its redis-server) at concurrency 1 and 16, as Markdown."""
     labels = {"direct": "direct to the engine", "parrot-gateway": "parrot-gateway",
+              "parrot-gateway-2w": "parrot-gateway `--workers 2`",
               "sglang-router": "SGLang Model Gateway (smg)", "litellm": "LiteLLM proxy"}
     procs = {"direct": "-", "parrot-gateway": "1 uvicorn worker + redis-server",
+             "parrot-gateway-2w": "2 uvicorn workers + redis-server",
              "sglang-router": "1 process, Rust, threads = cores", "litellm": "1 uvicorn worker"}
-    lines = ["| system | processes | c=1 p50 / p99 | c=1 added p50 | c=1 req/s "
-             "| c=16 p50 / p99 | c=16 added p50 | c=16 req/s |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| system | processes | c=1 p50 / p99 | c=1 added p50 | c=1 req/s | c=16 p50 / p99 "
+             "| c=16 added p50 | c=16 req/s | CPU ms/req c=1 / c=16 |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def cpu(m: dict[str, Any]) -> str:
+        proxy = m.get("cpu_ms_per_request")
+        if proxy is None:
+            return "-"
+        redis = m.get("redis_cpu_ms_per_request")
+        return f"{proxy:.2f}" + (f" + {redis:.2f}" if redis is not None else "")
+
     for name, label in labels.items():
         a, b = c1["systems"].get(name), c16["systems"].get(name)
         if a is None or b is None:
@@ -274,7 +286,7 @@ def overhead_table(c1: dict[str, Any], c16: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | {procs[name]} | {a['p50_ms']:.2f} / {a['p99_ms']:.2f} "
             f"| +{max(0.0, a['added_p50_ms']):.2f} | {a['rps']:.0f} | {b['p50_ms']:.1f} / "
-            f"{b['p99_ms']:.1f} | +{max(0.0, b['added_p50_ms']):.1f} | {b['rps']:.0f} |"
+            f"{b['p99_ms']:.1f} | +{max(0.0, b['added_p50_ms']):.1f} | {b['rps']:.0f} | {cpu(a)} / {cpu(b)} |"
         )
     return "\n".join(lines)
 
