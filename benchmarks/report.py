@@ -205,46 +205,48 @@ def _not_comparable(w: dict[str, Any]) -> list[str]:
     return [f"\n\\* {s}: not comparable: {why}" for s, why in (w.get("not_comparable") or {}).items()]
 
 
+def _system_tables(summary: dict[str, Any], head: list[str], row: Any, keep: Any = None) -> str:
+    """One table per workload (kept by ``keep``): a row per system, cells from ``row(m)``;
+    systems that were not comparable are starred and say why below."""
+    out = []
+    for name, w in summary["workloads"].items():
+        if keep is not None and not keep(w):
+            continue
+        bad = w.get("not_comparable") or {}
+        lines = [f"**{name}** ({_load_note(w)})", "", "| " + " | ".join(["system", *head]) + " |",
+                 "|" + "---|" * (len(head) + 1)]
+        lines += ["| " + " | ".join([s + (" *" if s in bad else ""), *row(m)]) + " |"
+                  for s, m in w["systems"].items()]
+        out.append("\n".join(lines + _not_comparable(w)))
+    return "\n\n".join(out)
+
+
 def mixed_markdown(summary: dict[str, Any]) -> str:
     """The latency tenant (streamed chats: TTFT, seconds per output token) against the batch
     tenants (job completion time), per system, in engine seconds."""
-    out = []
-    for name, w in summary["workloads"].items():
-        if not _has_chat_and_batch(w):
-            continue
-        lines = [f"**{name}** ({_load_note(w)})", "",
-                 "| system | chat TTFT p50 / p99 (s) | chat s/token p50 / p99 | batch JCT mean / p99 (s) "
-                 "| cached |", "|---|---|---|---|---|"]
-        bad = w.get("not_comparable") or {}
-        for s, m in w["systems"].items():
-            c, b = m["by_kind"].get("chat") or {}, m["by_kind"].get("batch") or {}
-            lines.append(
-                f"| {s}{' *' if s in bad else ''} "
-                f"| {_f(c.get('ttft_p50_s'), 3)} / {_f(c.get('ttft_p99_s'), 3)} "
-                f"| {_f(c.get('normalized_latency_p50_s_per_token'), 4)} / "
-                f"{_f(c.get('normalized_latency_p99_s_per_token'), 4)} "
-                f"| {_f(b.get('jct_mean_s'), 2)} / {_f(b.get('jct_p99_s'), 2)} "
-                f"| {_f(m.get('cached_token_ratio'), 2)} |")
-        out.append("\n".join(lines + _not_comparable(w)))
-    return "\n\n".join(out)
+
+    def row(m: dict[str, Any]) -> list[str]:
+        c, b = m["by_kind"].get("chat") or {}, m["by_kind"].get("batch") or {}
+        return [f"{_f(c.get('ttft_p50_s'), 3)} / {_f(c.get('ttft_p99_s'), 3)}",
+                f"{_f(c.get('normalized_latency_p50_s_per_token'), 4)} / "
+                f"{_f(c.get('normalized_latency_p99_s_per_token'), 4)}",
+                f"{_f(b.get('jct_mean_s'), 2)} / {_f(b.get('jct_p99_s'), 2)}",
+                _f(m.get("cached_token_ratio"), 2)]
+
+    head = ["chat TTFT p50 / p99 (s)", "chat s/token p50 / p99", "batch JCT mean / p99 (s)", "cached"]
+    return _system_tables(summary, head, row, _has_chat_and_batch)
 
 
 def systems_markdown(summary: dict[str, Any]) -> str:
     """One row per system of a single-load run (policy switches, replicas, unmodified
     clients): mean / p50 / p99 app latency in engine seconds, cached share, engine busy."""
-    out = []
-    for name, w in summary["workloads"].items():
-        lines = [f"**{name}** ({_load_note(w)})", "",
-                 "| system | mean | p50 | p99 | cached | engines busy | apps/s |",
-                 "|---|---|---|---|---|---|---|"]
-        bad = w.get("not_comparable") or {}
-        for s, m in w["systems"].items():
-            lines.append(
-                f"| {s}{' *' if s in bad else ''} | {_f(m.get('e2e_mean_s'))} | {_f(m.get('e2e_p50_s'))} "
-                f"| {_f(m.get('e2e_p99_s'))} | {_f(m.get('cached_token_ratio'), 2)} "
-                f"| {_f(m.get('engine_utilization'), 2)} | {_f(m.get('throughput_apps_per_s'), 2)} |")
-        out.append("\n".join(lines + _not_comparable(w)))
-    return "\n\n".join(out)
+
+    def row(m: dict[str, Any]) -> list[str]:
+        return [_f(m.get("e2e_mean_s")), _f(m.get("e2e_p50_s")), _f(m.get("e2e_p99_s")),
+                _f(m.get("cached_token_ratio"), 2), _f(m.get("engine_utilization"), 2),
+                _f(m.get("throughput_apps_per_s"), 2)]
+
+    return _system_tables(summary, ["mean", "p50", "p99", "cached", "engines busy", "apps/s"], row)
 
 
 def plain_markdown(result: dict[str, Any]) -> str:
