@@ -6,9 +6,10 @@ Examples (simulated engines at the speed of a real H100, time-scale 1):
     parrot-gateway bench map-reduce --sweep --out /tmp/sweep     # capacity, latency vs load, goodput
     parrot-gateway bench mixed-heavy --out /tmp/mixed            # batch at 0.9 x capacity + chats
 
-The harness pins itself to one CPU and the services to the others (--pin), and
-marks a system "not comparable" when the harness lagged (> --max-lag-ms p99) or
-the load generator or the system's proxy used more than --max-cpu of a core.
+The simulated engines get CPUs of their own (they stand in for GPUs, which no proxy
+slows); the harness and the systems under test get the others (--pin). A system is
+marked "not comparable" when the harness lagged (> --max-lag-ms p99) or the load
+generator or the system's proxy used more than --max-cpu of a core.
 """
 
 from __future__ import annotations
@@ -90,8 +91,10 @@ def parser() -> argparse.ArgumentParser:
                           "(labelled in the output; not for comparison)")
     hn = p.add_argument_group("harness")
     hn.add_argument("--pin", default="auto",
-                    help="CPU pinning: auto (a quarter of the CPUs, at least one, for the harness, the rest "
-                         "for engines and systems; off on 1 CPU), off, or HARNESS:SERVICES e.g. 0:1")
+                    help="CPU pinning: auto (2-3 CPUs: harness and systems under test on the first, "
+                         "engines on the rest; 4+: a quarter each for harness and systems, the rest "
+                         "for engines; off on 1 CPU), off, HARNESS:SERVICES (0:1) or "
+                         "HARNESS:ENGINES:SYSTEMS (0:1:0)")
     hn.add_argument("--http-client", choices=("lean", "aiohttp"), default="lean",
                     help="the load generator's HTTP client (default lean: httptools over asyncio, "
                          "~20 us per request; aiohttp to cross-check)")
@@ -206,7 +209,8 @@ def _run_workloads(args: argparse.Namespace, workloads: list[str], systems: list
     if cfg.time_scale != 1.0:
         console.print(f"[bold yellow]time-scale {cfg.time_scale:g}[/bold yellow]: CPU costs weigh "
                       f"{1 / cfg.time_scale:g}x more than on a GPU; for CI, not for comparison")
-    with Services(out / "logs", cpus=cfg.affinity.services) as svc:
+    with Services(out / "logs", cpus=cfg.affinity.services,
+                  system_cpus=cfg.affinity.systems) as svc:
         if args.backend:
             svc.use_backends(args.backend)
         else:

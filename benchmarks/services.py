@@ -65,7 +65,9 @@ class Services:
     redis: RedisServer | None = None
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     cpus: tuple[int, ...] | None = None
-    """``pin()`` moves every service process (engines, gateway, redis, smg) to these CPUs."""
+    """``pin()`` moves the engines to these CPUs, and the systems under test (gateway, redis,
+    smg, haproxy) too unless ``system_cpus`` names others."""
+    system_cpus: tuple[int, ...] | None = None
     _logs: list[IO[bytes]] = field(default_factory=list)
 
     # -------------------------------------------------------------- start
@@ -188,18 +190,20 @@ class Services:
         return True
 
     def pin(self) -> None:
-        """Pin every thread of every service process (and their children) to ``cpus``.
-        Done once all are ready, so that their start-up (imports, tokenizer loading) still
-        uses every CPU; threads they start later inherit the mask."""
+        """Pin every thread of every service process (and their children): engines to
+        ``cpus``, the rest to ``system_cpus`` (default ``cpus``). Done once all are ready,
+        so that their start-up (imports, tokenizer loading) still uses every CPU; threads
+        they start later inherit the mask."""
         if not self.cpus:
             return
-        for pid in self.pids().values():
+        for role, pid in self.pids().items():
+            cpus = self.cpus if role.startswith("engine") else (self.system_cpus or self.cpus)
             try:
                 tree = [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
             except psutil.Error:
                 continue
             for p in tree:
-                set_process_affinity(p, self.cpus)
+                set_process_affinity(p, cpus)
 
     def pids(self) -> dict[str, int]:
         """Service processes by role (``engine0``..., ``gateway``, ``smg``, ``redis``)."""

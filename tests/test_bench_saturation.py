@@ -74,10 +74,15 @@ def test_comparability_marks_lag_and_cpu() -> None:
 
 
 def test_plan_affinity() -> None:
-    two = plan_affinity("auto", (0, 1))
-    assert two.harness == (0,) and two.services == (1,) and "CPU 0" in two.note
+    two = plan_affinity("auto", (0, 1))  # engines alone; systems share the harness's CPU
+    assert two.harness == (0,) and two.services == (1,) and two.systems == (0,)
+    assert "simulated engines to CPU 1" in two.note
     many = plan_affinity("auto", tuple(range(16)))
-    assert many.harness == (0, 1, 2, 3) and many.services == tuple(range(4, 16))
+    assert many.harness == (0, 1, 2, 3) and many.systems == (4, 5, 6, 7)
+    assert many.services == tuple(range(8, 16))
+    assert plan_affinity("0:1:0", (0, 1)).systems == (0,)
+    together = plan_affinity("0:1", (0, 1))
+    assert together.systems == together.services == (1,) and "engines and systems" in together.note
     assert plan_affinity("auto", (3,)).harness is None
     assert plan_affinity("off", (0, 1)).services is None
     assert plan_affinity("1:0", (0, 1)).harness == (1,)
@@ -94,13 +99,16 @@ def test_services_and_harness_are_pinned_and_the_harness_restored(tmp_path: Path
     from benchmarks.services import Services
 
     cpus = sorted(os.sched_getaffinity(0))
-    plan = plan_affinity(f"{cpus[0]}:{cpus[1]}", tuple(cpus))
+    plan = plan_affinity(f"{cpus[0]}:{cpus[1]}:{cpus[0]}", tuple(cpus))
     before = os.sched_getaffinity(0)
-    with Services(tmp_path, cpus=plan.services) as svc:
+    with Services(tmp_path, cpus=plan.services, system_cpus=plan.systems) as svc:
         svc.start_engines(1, "h100-llama3-8b", 0.05)
+        svc.start_gateway()
         svc.pin()
-        for pid in svc.pids().values():
-            assert os.sched_getaffinity(pid) == {cpus[1]}
+        pids = svc.pids()
+        assert os.sched_getaffinity(pids["engine0"]) == {cpus[1]}
+        for system in ("gateway", "redis"):  # systems under test
+            assert os.sched_getaffinity(pids[system]) == {cpus[0]}
         with PinnedHarness(plan):
             assert os.sched_getaffinity(0) == {cpus[0]}
     assert os.sched_getaffinity(0) == before
