@@ -197,7 +197,8 @@ def _has_chat_and_batch(w: dict[str, Any]) -> bool:
 
 def _load_note(w: dict[str, Any]) -> str:
     load, rate = w.get("offered_load"), w.get("rate")
-    return (f"{load:g} x the baseline's capacity, " if isinstance(load, float) else "") + (
+    ref = next(iter(w.get("capacity_apps_per_s") or {}), "the reference system")
+    return (f"{load:g} x {ref}'s capacity, " if isinstance(load, float) else "") + (
         f"{rate:.2f} apps/s" if isinstance(rate, float) else "")
 
 
