@@ -147,7 +147,7 @@ class Dispatcher:
         self.clock = clock
         self._waiting: dict[str, asyncio.Future[Dispatch]] = {}
         self._running: dict[str, str] = {}  # job id -> engine
-        self._pump_due = False
+        self._pump_due: asyncio.AbstractEventLoop | None = None  # a pass is due in this loop
         self._added: set[str] = set()
         self._queued_by_request: dict[str, str] = {}  # request id -> its job waiting here
         pool.on_rotation.append(self._on_rotation)
@@ -239,18 +239,18 @@ class Dispatcher:
         """Schedule once at the end of this loop iteration, however many events asked:
         a burst (a map stage queued, a batch of finishes) costs one pass of the policy,
         not one per event (each pass may try dozens of queued jobs that do not fit yet)."""
-        if self._pump_due:
-            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # called outside the loop (shutdown, sync tests): at once
             self._pump_now()
             return
-        self._pump_due = True
+        if self._pump_due is loop:
+            return  # already due in this loop (one due in a loop that stopped never runs)
+        self._pump_due = loop
         loop.call_soon(self._pump_now)
 
     def _pump_now(self) -> None:
-        self._pump_due = False
+        self._pump_due = None
         decisions = self.policy.schedule(self.clock())
         for d in decisions:
             fut = self._waiting.get(d.job_id)
