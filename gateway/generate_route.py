@@ -9,19 +9,16 @@ over OpenAI-compatible engines answers 404.
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common.errors import NotFound
-from common.serving import finished_before_disconnect
 
 from . import program_routes as programs
 from .completion import RequestContext
 from .openai_routes import gateway_of
-from .responses import CLIENT_CLOSED, primed, streaming
+from .responses import CLIENT_CLOSED, primed, streaming, unless_client_left
 from .validation import parse_json, validate_generate
 
 
@@ -46,15 +43,9 @@ async def generate(request: Request) -> Response:
         resp = streaming(await primed(gw.completions.generate_stream(body, ctx)))
         resp.headers.update(programs.headers_of(placement) or {})
         return resp
-    task = asyncio.ensure_future(gw.completions.generate(body, ctx))
-    try:
-        if not await finished_before_disconnect(request, task):
-            task.cancel()
-            return Response(status_code=CLIENT_CLOSED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    outcome = task.result()
+    outcome = await unless_client_left(request, gw.completions.generate(body, ctx))
+    if outcome is None:
+        return Response(status_code=CLIENT_CLOSED)
     programs.finish(gw, placement, None, outcome.usage, outcome.engine)
     return JSONResponse(outcome.body, headers=programs.headers_of(placement))
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -10,13 +9,12 @@ from starlette.responses import JSONResponse, Response
 
 from common.errors import NotFound
 from common.ids import is_session_id
-from common.serving import finished_before_disconnect
 from common.types import JSON, Route
 
 from . import program_routes as programs
 from . import session_http
 from .completion import RequestContext
-from .responses import CLIENT_CLOSED, FastJSONResponse, primed, streaming
+from .responses import CLIENT_CLOSED, FastJSONResponse, primed, streaming, unless_client_left
 from .validation import ChatBody, CompletionBody, parse_json, validate
 
 if TYPE_CHECKING:
@@ -61,15 +59,9 @@ async def _completion(request: Request, route: Route) -> Response:
         resp = streaming(await primed(t.follow(chunks)))
         resp.headers.update(programs.headers_of(placement) or {})
         return resp
-    task = asyncio.ensure_future(gw.completions.complete(route, body, ctx))
-    try:
-        if not await finished_before_disconnect(request, task):
-            task.cancel()  # the client left: free the engine (it aborts on our disconnect)
-            return Response(status_code=CLIENT_CLOSED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    outcome = task.result()
+    outcome = await unless_client_left(request, gw.completions.complete(route, body, ctx))
+    if outcome is None:
+        return Response(status_code=CLIENT_CLOSED)
     programs.finish(gw, placement, outcome.body, outcome.usage, outcome.engine)
     return FastJSONResponse(outcome.body, headers=programs.headers_of(placement))
 

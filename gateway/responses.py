@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
+import asyncio
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 import orjson
+from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from common.errors import ParrotError
+from common.serving import finished_before_disconnect
 from common.types import JSON
+
+T = TypeVar("T")
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 SSE_DONE = b"data: [DONE]\n\n"
@@ -22,6 +27,21 @@ class FastJSONResponse(JSONResponse):
 
     def render(self, content: Any) -> bytes:
         return orjson.dumps(content)
+
+
+async def unless_client_left(request: Request, call: Awaitable[T]) -> T | None:
+    """Run a non-streaming ``call`` while watching the client: None (and the call
+    cancelled, freeing its engine, which aborts on our disconnect) if the client went
+    away first; the handler then answers ``CLIENT_CLOSED``."""
+    task = asyncio.ensure_future(call)
+    try:
+        if not await finished_before_disconnect(request, task):
+            task.cancel()
+            return None
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    return task.result()
 
 
 def sse(data: Any) -> bytes:

@@ -12,21 +12,18 @@ another tenant's id is a 404.
 
 from __future__ import annotations
 
-import asyncio
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from common.errors import NotFound
-from common.serving import finished_before_disconnect
 from common.types import JSON
 
 from . import program_routes as programs
 from . import responses_semantic, session_http
 from .openai_routes import gateway_of
 from .response_store import StoredResponse
-from .responses import CLIENT_CLOSED, SSE_HEADERS, primed
+from .responses import CLIENT_CLOSED, SSE_HEADERS, primed, unless_client_left
 from .responses_schema import parse_responses_body
 from .responses_translate import from_chat
 from .responses_turn import Turn
@@ -57,15 +54,9 @@ async def create(request: Request) -> Response:
         chunks = gw.completions.stream("chat", turn.chat, turn.ctx, on_start=t.on_start, on_usage=t.on_usage)
         return StreamingResponse(turn.events(await primed(t.follow(chunks))), media_type="text/event-stream",
                                  headers={**SSE_HEADERS, **(programs.headers_of(placement) or {})})
-    task = asyncio.ensure_future(gw.completions.complete("chat", turn.chat, turn.ctx))
-    try:
-        if not await finished_before_disconnect(request, task):
-            task.cancel()
-            return Response(status_code=CLIENT_CLOSED)
-    except asyncio.CancelledError:
-        task.cancel()
-        raise
-    outcome = task.result()
+    outcome = await unless_client_left(request, gw.completions.complete("chat", turn.chat, turn.ctx))
+    if outcome is None:
+        return Response(status_code=CLIENT_CLOSED)
     assert outcome.body is not None
     programs.finish(gw, placement, outcome.body, outcome.usage, outcome.engine)
     response = from_chat(turn.base, outcome.body)
