@@ -61,6 +61,9 @@ class BenchConfig:
     point_seconds: float = 60.0
     """Apps per sweep point: at least ``point_apps`` and at least ``point_seconds`` worth."""
     capacity_k: int | None = None
+    repeats: int = 1
+    """Runs per sweep point and system (each on its own arrivals): single runs near
+    saturation differ by up to ~1.5x, so a ratio needs several."""
     sweep_extend: int = 2
     quick: bool = False
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -178,7 +181,8 @@ class Bench:
         if m["cpu_services_share"] > 0.9:
             m["warnings"] = [f"the services' CPUs were {m['cpu_services_share']:.0%} busy: simulated engines "
                              "may have run slow for every system"]
-        why = comparability(m["harness"], run.cpu, run.system, self.cfg.thresholds)
+        closed_mean = m.get("e2e_mean_s") if run.closed is not None else None
+        why = comparability(m["harness"], run.cpu, run.system, self.cfg.thresholds, closed_mean)
         m["comparable"] = not why
         if why:
             m["not_comparable"] = [r.text() for r in why]

@@ -81,6 +81,9 @@ def parser() -> argparse.ArgumentParser:
     sat.add_argument("--capacity-k", type=int, default=None,
                      help="apps kept in flight for capacity (default: doubled until the throughput "
                           "stops growing)")
+    sat.add_argument("--repeats", type=int, default=1,
+                     help="runs per sweep point and system, each on its own arrivals; latency "
+                          "over all of them, each repeat's own in summary.json (default 1)")
     sat.add_argument("--sweep-extend", type=int, default=None,
                      help="extra points at 1.25x steps for systems still within the SLO at the top "
                           "(default 2)")
@@ -171,6 +174,7 @@ def _config(args: argparse.Namespace, workloads: list[str], systems: list[str], 
         point_apps=args.point_apps if args.point_apps is not None else (8 if quick else 30),
         point_seconds=args.point_seconds if args.point_seconds is not None else (0.0 if quick else 60.0),
         capacity_k=args.capacity_k,
+        repeats=max(1, args.repeats),
         sweep_extend=args.sweep_extend if args.sweep_extend is not None else (0 if quick else 2),
         quick=quick, thresholds=Thresholds(args.max_lag_ms, args.max_cpu), slo_factor=args.slo_factor,
         affinity=plan_affinity(args.pin, cpus), http_client=args.http_client,

@@ -27,12 +27,13 @@ from typing import Any
 
 from .bench import Bench, open_loop, run_line
 from .harness import AppPool, apps_needed, run_closed
-from .metrics import _r, goodput, percentile, slo_ratio, workload_summary
+from .metrics import _r, goodput, percentile, slo_ratio, system_metrics, workload_summary
 from .systems import AppResult
 from .workloads import SWEEPABLE, Arrival, Workload, app_maker, build_workload, size_params
 
 WARMUP_FRACTION = 0.1
 K_GROWTH = 1.10  # a doubling of K that adds less than this much throughput: saturated
+THINK_BOUNDS = 1.0  # a closed-loop slot's mean think time, in critical-path bounds
 
 
 def _closed_args(b: Bench, k: int, search: bool) -> tuple[int, float, float]:
@@ -48,13 +49,16 @@ async def closed_run(b: Bench, name: str, sname: str, apps: AppPool, k: int, bou
                      search: bool = False) -> dict[str, Any]:
     """One closed-loop run of ``sname``; its metrics with ``apps_per_s`` (engine time).
     Apps are built before the run, as many as the highest possible throughput needs:
-    K / bound (Little's law: no app finishes faster than its critical-path bound)."""
+    K / bound (Little's law: no app finishes faster than its critical-path bound). Each
+    slot thinks ``THINK_BOUNDS`` bounds on average between its apps (``run_closed``)."""
     ts = b.cfg.time_scale
     min_apps, min_wall, max_wall = _closed_args(b, k, search)
+    think_s = THINK_BOUNDS * bound_s * ts
     apps.ensure(apps_needed(k, min_apps, min_wall / ts, k / bound_s if bound_s else None))
     key = f"{name} K={k}" + (" probe" if search else "")
     run = await b.run(
-        sname, lambda system, done: run_closed(system, apps, k, min_apps, min_wall, max_wall, done), key)
+        sname, lambda system, done: run_closed(system, apps, k, min_apps, min_wall, max_wall, done,
+                                              think_s=think_s, seed=b.cfg.seed), key)
     closed = run.closed
     assert closed is not None
     window = closed.window
@@ -126,35 +130,78 @@ def _p90_by_kind(results: list[AppResult], ts: float) -> dict[str, float | None]
         k: None for k in failed}
 
 
+SEED_STRIDE = 7919  # repeat r of a sweep point draws its apps and arrivals from seed + r x this
+
+
 async def run_point(b: Bench, name: str, rate: float, load: float, systems: list[str],
                     extension: bool = False) -> dict[str, Any]:
-    """One offered rate, every system in ``systems``: the sweep entry."""
+    """One offered rate, every system in ``systems``, ``repeats`` times (the systems
+    take turns within each repeat, so a drift hits them alike): the sweep entry, its
+    latency over the apps of every repeat."""
     cfg, ts = b.cfg, b.cfg.time_scale
     n = max(cfg.point_apps, math.ceil(rate * cfg.point_seconds))
-    wl = build_workload(name, cfg.size, cfg.seed, n, rate)
-    bound = await b.bound(wl)
     key = f"{name}@{rate:.4g}"
     label = f"load {load:.3g}" + (" (extension)" if extension else "")
-    b.log(f"[{key}] {label}: {len(wl.apps)} apps ({n} at {rate:.3g}/s), {wl.requests} requests")
-    entry: dict[str, Any] = {"rate": _r(rate), "load": _r(load, 3), "apps": len(wl.apps), "systems": {}}
+    entry: dict[str, Any] = {"rate": _r(rate), "load": _r(load, 3), "systems": {}}
     if extension:
         entry["extension"] = True
-    raw: dict[str, Any] = {"workload": name, "rate": rate, "load": load, "params": wl.params,
-                           "bound": bound, "engines": b.svc.long_label, "systems": {}}
-    for sname in systems:
-        run = await b.run(sname, open_loop(wl, ts), key, len(wl.arrivals))
-        measured = _measured(wl.arrivals, run.results)
-        m = b.metrics(run, name, f"rate {rate:.3g}/s", measured)
-        m["apps_measured"] = len(measured)
+    runs: dict[str, list[tuple[dict[str, Any], list[AppResult]]]] = {s: [] for s in systems}
+    bound: dict[str, Any] = {}
+    for rep in range(cfg.repeats):
+        wl = build_workload(name, cfg.size, cfg.seed + rep * SEED_STRIDE, n, rate)
+        bound = bound or await b.bound(wl)
+        rkey = key + (f" #{rep + 1}" if cfg.repeats > 1 else "")
+        b.log(f"[{rkey}] {label}: {len(wl.apps)} apps ({n} at {rate:.3g}/s), {wl.requests} requests")
+        raw: dict[str, Any] = {"workload": name, "rate": rate, "load": load, "repeat": rep,
+                               "params": wl.params, "bound": bound, "engines": b.svc.long_label,
+                               "systems": {}}
+        for sname in systems:
+            run = await b.run(sname, open_loop(wl, ts), rkey, len(wl.arrivals))
+            measured = _measured(wl.arrivals, run.results)
+            m = b.metrics(run, name, f"rate {rate:.3g}/s" + (f" #{rep + 1}" if cfg.repeats > 1 else ""),
+                          measured)
+            m["apps_measured"] = len(measured)
+            runs[sname].append((m, measured))
+            raw["systems"][sname] = [r.to_json() for r in run.results]
+            b.log(run_line(rkey, sname, m))
+        b.write_raw(key if cfg.repeats == 1 else f"{key}#{rep + 1}", raw)
+    entry["apps"] = n * cfg.repeats
+    for sname, done in runs.items():
+        m = done[0][0] if len(done) == 1 else pool_repeats(done, ts)
+        measured = [r for _, rs in done for r in rs]
         ratio = slo_ratio(_p90_by_kind(measured, ts), bound["by_kind"], cfg.slo_factor)
         m["slo_ratio"] = None if math.isinf(ratio) else _r(ratio, 4)  # None: some apps failed
         entry["systems"][sname] = m
-        raw["systems"][sname] = [r.to_json() for r in run.results]
-        b.log(run_line(key, sname, m) + f"; SLO ratio {m['slo_ratio']}")
+        b.log(f"[{key}] {sname}: SLO ratio {m['slo_ratio']}"
+              + (f" over {len(done)} repeats, e2e mean {m['e2e_mean_s']} s" if len(done) > 1 else ""))
     entry["bound_by_kind"] = {k: _r(v) for k, v in bound["by_kind"].items()}
     entry["bound_s"] = bound["bound_s"]
-    b.write_raw(key, raw)
     return entry
+
+
+def pool_repeats(done: list[tuple[dict[str, Any], list[AppResult]]], ts: float) -> dict[str, Any]:
+    """One system's repeats of a point as one entry: latency over every measured app;
+    throughput, utilization and cache ratio the mean of the repeats; the harness's lag and
+    CPU the worst repeat's; comparable only if every repeat was; ``repeats`` lists each
+    repeat's own latency. Pure."""
+    ms = [m for m, _ in done]
+    out = dict(ms[0])
+    out.update(system_metrics([r for _, rs in done for r in rs], ts))
+    out["apps_measured"] = sum(m.get("apps_measured", 0) for m in ms)
+    out["apps"] = sum(m.get("apps", 0) for m in ms)
+    for k in ("throughput_apps_per_s", "throughput_rps", "engine_utilization", "cpu_services_share"):
+        vals = [m[k] for m in ms if m.get(k) is not None]
+        out[k] = _r(sum(vals) / len(vals), 4) if vals else None
+    out["harness"] = {k: max((m["harness"].get(k) or 0.0) for m in ms) for k in ms[0]["harness"]}
+    out["cpu"] = {role: max(m["cpu"].get(role, 0.0) for m in ms) for role in ms[0]["cpu"]}
+    out["comparable"] = all(m["comparable"] for m in ms)
+    why = [w for m in ms for w in m.get("not_comparable", [])]
+    out.pop("not_comparable", None)
+    if why:
+        out["not_comparable"] = sorted(set(why))
+    out["repeats"] = [{k: m.get(k) for k in ("e2e_mean_s", "e2e_p90_s", "e2e_p99_s", "comparable")}
+                      for m in ms]
+    return out
 
 
 async def run_sweep(b: Bench, name: str) -> dict[str, Any]:
@@ -215,7 +262,7 @@ def _passes(point: dict[str, Any], system: str) -> bool:
 
 SWEEP_KEYS = ("e2e_mean_s", "e2e_p50_s", "e2e_p90_s", "e2e_p99_s", "apps", "apps_measured", "failed",
               "throughput_apps_per_s", "engine_utilization", "cached_token_ratio", "slo_ratio", "harness",
-              "cpu", "cpu_services_share", "warnings", "comparable", "not_comparable", "by_kind")
+              "cpu", "cpu_services_share", "warnings", "comparable", "not_comparable", "by_kind", "repeats")
 
 
 def _sweep_entry(p: dict[str, Any]) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from backends.base import Engine
 from common.errors import ParrotError
 
 from . import generate_route, logs, openai_routes, program_routes, responses_api, session_routes, tracing
+from .intake import IntakeGate
 from .metrics import Metrics
 from .settings import Settings
 from .ui import routes as ui_routes
@@ -210,6 +211,7 @@ def create_app(
         },
     )
     app.state.gateway = gw
+    app.add_middleware(IntakeGate, slots=gw.settings.intake_slots)
     if gw.tracing.middleware is not None:  # inside the request-id middleware: it sees the id
         app.add_middleware(gw.tracing.middleware, tracing=gw.tracing, route_of=_route_label)
     app.add_middleware(RequestIdMiddleware, metrics=gw.metrics)

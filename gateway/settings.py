@@ -128,6 +128,10 @@ class Settings(BaseModel):
     protect_latency: bool = Field(
         True, description="Keep heavy throughput prefill off engines decoding latency work."
     )
+    intake_slots: int = Field(
+        4, ge=0, description="Background submits (async, throughput) registered at once, so "
+        "latency-critical requests are not queued behind a DAG's burst (0 = no gate).",
+    )
     protect_duty: float = Field(
         0.5, ge=0.0, le=1.0,
         description="Prefill share a protected engine still accepts throughput prefill below.",

@@ -60,7 +60,7 @@ def test_json_stream_and_query(engine: UvicornThread, kind: str) -> None:
 
 def test_keep_alive_reuse_and_server_closed_connections(engine: UvicornThread) -> None:
     async def go() -> None:
-        async with HttpClient(keepalive_s=60) as http:
+        async with HttpClient(keepalive_s=60, spare=0) as http:
             await asyncio.gather(*(http.request("GET", engine.url + "/health") for _ in range(8)))
             assert len(http._all) == 8
             for _ in range(5):
@@ -69,10 +69,25 @@ def test_keep_alive_reuse_and_server_closed_connections(engine: UvicornThread) -
             await asyncio.sleep(1.5)  # uvicorn (timeout_keep_alive=1) closes the idle ones
             assert (await http.request("GET", engine.url + "/health")).status == 200
             assert len(http._all) == 1
-        async with HttpClient(keepalive_s=0.0) as http:  # our own expiry: never reuse
+        async with HttpClient(keepalive_s=0.0, spare=0) as http:  # our own expiry: never reuse
             for _ in range(3):
                 await http.request("GET", engine.url + "/health")
             assert len(http._all) == 1
+
+    _run(go())
+
+
+def test_an_empty_pool_opens_spares_for_the_next_burst(engine: UvicornThread) -> None:
+    async def go() -> None:
+        async with HttpClient(keepalive_s=60, spare=6) as http:
+            assert (await http.request("GET", engine.url + "/health")).status == 200
+            for _ in range(100):  # the spares open in the background
+                if len(http._all) == 7:
+                    break
+                await asyncio.sleep(0.01)
+            assert len(http._all) == 7
+            await asyncio.gather(*(http.request("GET", engine.url + "/health") for _ in range(7)))
+            assert len(http._all) == 7  # the burst found its connections open
 
     _run(go())
 

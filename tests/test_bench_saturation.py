@@ -16,7 +16,7 @@ import pytest
 
 from benchmarks.affinity import plan_affinity
 from benchmarks.charts import sweep_points
-from benchmarks.harness import run_open
+from benchmarks.harness import run_closed, run_open
 from benchmarks.httpclient import HttpClient
 from benchmarks.metrics import (
     Reason,
@@ -29,6 +29,7 @@ from benchmarks.metrics import (
     summarize_reasons,
 )
 from benchmarks.report import markdown_table
+from benchmarks.saturation import pool_repeats
 from benchmarks.systems import AppResult, ClientOrchestrated, RequestTiming
 from benchmarks.workloads import SWEEPABLE, app_maker, build_workload
 
@@ -68,6 +69,10 @@ def test_comparability_marks_lag_and_cpu() -> None:
     assert [r.what for r in comparability(ok, {"smg": 0.8}, "sglang-router")] == ["CPU-bound: smg"]
     assert comparability(ok, {"gateway": 0.99}, "baseline") == []  # the baseline has no proxy
     assert comparability(late, {}, "baseline", Thresholds(max_lag_ms=20)) == []
+    # a closed loop: 1% of its mean app latency, when above the absolute bar
+    assert comparability(late, {}, "baseline", closed_mean_s=10.0) == []
+    [r] = comparability(late, {}, "baseline", closed_mean_s=0.5)
+    assert r.limit == 5.0
     line = summarize_reasons([(Reason("CPU-bound: gateway", 0.8, 0.7, "core"), "rate 1/s"),
                               (Reason("CPU-bound: gateway", 0.9, 0.7, "core"), "rate 2/s")])
     assert line == "CPU-bound: gateway used 90% of a core (> 70%) at rate 1/s, rate 2/s"
@@ -211,6 +216,58 @@ def test_a_slowed_client_is_flagged_not_comparable() -> None:
     assert fast_lag["send_lag_p99_ms"] < slow_lag["send_lag_p99_ms"] / 4, (fast_lag, slow_lag)
     why = comparability(slow_lag, {}, "baseline")
     assert "harness lag: step send p99" in [r.what for r in why]
+
+
+def _repeat(latencies: list[float], lag: float, comparable: bool) -> tuple[dict, list[AppResult]]:
+    apps = [AppResult(f"a{i}", "map-reduce", "t", 0.0, 10.0 * i, 10.0 * i + x, 1)
+            for i, x in enumerate(latencies)]
+    m = {"e2e_mean_s": sum(latencies) / len(latencies), "e2e_p90_s": max(latencies),
+         "e2e_p99_s": max(latencies), "apps": len(apps), "apps_measured": len(apps),
+         "throughput_apps_per_s": 1.0 if comparable else 2.0, "engine_utilization": 0.5,
+         "harness": {"send_lag_p99_ms": lag, "start_lag_p99_ms": 1.0},
+         "cpu": {"harness": 0.1, "gateway": lag / 100}, "comparable": comparable}
+    if not comparable:
+        m["not_comparable"] = ["harness lag: step send p99 9.0 ms (> 5 ms)"]
+    return m, apps
+
+
+def test_repeats_pool_latency_and_keep_the_worst_harness() -> None:
+    pooled = pool_repeats([_repeat([1.0, 3.0], 2.0, True), _repeat([5.0, 7.0], 9.0, False)], 1.0)
+    assert pooled["e2e_mean_s"] == pytest.approx(4.0)  # over all four apps
+    assert pooled["apps_measured"] == 4 and pooled["throughput_apps_per_s"] == pytest.approx(1.5)
+    assert pooled["harness"]["send_lag_p99_ms"] == 9.0 and pooled["cpu"]["gateway"] == 0.09
+    assert pooled["comparable"] is False and len(pooled["not_comparable"]) == 1
+    assert [r["e2e_mean_s"] for r in pooled["repeats"]] == [2.0, 6.0]
+
+
+class _LockstepSystem:
+    """Every app takes exactly 50 ms, as when an engine finishes a whole batch in one
+    step: a closed loop without think time restarts all its slots in the same instant."""
+
+    name = "lockstep"
+
+    async def run_app(self, app: object, scheduled: float | None = None) -> AppResult:
+        start = time.time()
+        await asyncio.sleep(0.05)
+        return AppResult(str(app), "x", "t", scheduled or start, start, time.time(), 1)
+
+
+def _start_spread_ms(think_s: float) -> float:
+    """The widest gap between the earliest and latest start among the apps of each
+    slot's second round (ms): ~0 when the slots move in lockstep."""
+    out = asyncio.run(run_closed(_LockstepSystem(), lambda i: i, k=16, min_apps=16,  # type: ignore[arg-type]
+                                 min_wall_s=0.0, max_wall_s=10.0, think_s=think_s, seed=1))
+    assert out.window is not None and out.completed_in_window >= 16
+    assert out.throughput_wall and out.throughput_wall > 0
+    starts = sorted(r.start for r in out.results)
+    second_round = starts[16:32]
+    return (second_round[-1] - second_round[0]) * 1000
+
+
+@pytest.mark.timeout(30)
+def test_closed_loop_think_time_keeps_the_slots_out_of_lockstep() -> None:
+    assert _start_spread_ms(0.0) < 5  # one burst of 16 starts
+    assert _start_spread_ms(0.05) > 30  # exponential think times of mean 50 ms
 
 
 # ------------------------------------------------------------------ real runs
