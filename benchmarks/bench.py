@@ -37,6 +37,9 @@ from .workloads import App, Step, Workload
 DEFAULT_LOADS = (0.5, 0.7, 0.85, 0.95, 1.05)
 
 
+WARM_CONNECTIONS = 256  # opened per target before each measured run (httpclient.HttpClient)
+
+
 @dataclass
 class BenchConfig:
     workloads: list[str]
@@ -132,6 +135,8 @@ class Bench:
                                  replicas=self.svc.replicas, variants=self.svc.variants)
             await system.run_app(App("warmup", f"warmup-{sname}", (Step("w", "Say hello.", 2),), ("w",)))
             await system.finish()
+            for url in system.targets:  # a burst that opens its connections sends late
+                await http.warm(url, WARM_CONNECTIONS)
             await self.svc.flush(ctl)
             busy0 = await self.svc.busy_seconds(ctl)
             bar = self.bar(total, f"{desc} {sname}")

@@ -123,17 +123,18 @@ class _Conn(asyncio.Protocol):
 
 
 class HttpClient:
-    """Keep-alive pool per host; idle connections are dropped after ``keepalive_s``
-    (below the 5 s of uvicorn, which SGLang and the simulated engines run on, so the
-    server never closes one under a new request; a pooled connection found closed is
-    resent once on a fresh one).
+    """Keep-alive pool per host. Idle connections are kept ``keepalive_s``; the servers the
+    bench starts keep theirs longer (the gateway and the simulated engines 75 s), and a
+    pooled connection the server closed meanwhile is noticed (its FIN closes it here) or,
+    if it closed just as the request left, resent once on a fresh one.
 
-    Opening a connection costs the one event loop ~0.15 ms, and a burst that finds the
-    pool empty opened 16 in a row: the last map of an app left ~8-13 ms late (measured,
-    map-reduce closed loops). So a checkout that finds a host's pool empty also opens
-    ``spare`` connections in the background, ready for the next burst."""
+    A connection that must be opened costs the burst that needs it: the connect completes
+    only once the event loop has run the burst's other sends, so the last map of an app
+    that found the pool empty left ~5-13 ms late (measured, map-reduce). So a checkout
+    that finds a host's pool empty also opens ``spare`` connections in the background,
+    ready for the next burst."""
 
-    def __init__(self, keepalive_s: float = 4.5, timeout_s: float = 900.0, spare: int = 16) -> None:
+    def __init__(self, keepalive_s: float = 60.0, timeout_s: float = 900.0, spare: int = 16) -> None:
         self.keepalive_s = keepalive_s
         self.timeout_s = timeout_s
         self.spare = spare
@@ -157,6 +158,20 @@ class HttpClient:
             pass  # the server is gone: the next request says so
         finally:
             self._refilling.discard(key)
+
+    async def warm(self, url: str, n: int) -> None:
+        """Have ``n`` idle connections to ``url``'s host open (before a measured run)."""
+        host, port, _, _ = _split(url)
+        idle = self._idle.setdefault((host, port), [])
+        missing = n - sum(1 for c in idle if not c.closed)
+        while missing > 0:  # 64 at a time: within any server's accept backlog
+            batch = min(64, missing)
+            conns = await asyncio.gather(*(self._open(host, port) for _ in range(batch)))
+            now = time.monotonic()
+            for c in conns:
+                c.idle_since = now
+                idle.insert(0, c)
+            missing -= batch
 
     async def _checkout(self, host: str, port: int) -> tuple[_Conn, bool]:
         key = (host, port)
@@ -231,6 +246,9 @@ class HttpClient:
 
 class AiohttpClient:
     """The same ``request`` over aiohttp (no pool limit, 3 s keep-alive)."""
+
+    async def warm(self, url: str, n: int) -> None:
+        """Nothing: aiohttp opens its connections as requests need them."""
 
     def __init__(self, timeout_s: float = 900.0) -> None:
         import aiohttp

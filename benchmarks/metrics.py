@@ -129,6 +129,7 @@ PROXY_ROLES: dict[str, tuple[str, ...]] = {
     "gateway-2r": REPLICA_ROLES, "gateway-plain-2r": REPLICA_ROLES,
     "gateway-fifo": ("gateway-fifo",), "gateway-nogroups": ("gateway-nogroups",),
     "gateway-nowindow": ("gateway-nowindow",), "gateway-noadmission": ("gateway-noadmission",),
+    "gateway-nogate": ("gateway-nogate",),
     "gateway-plain-noinfer": ("gateway-plain-noinfer",),
 }
 

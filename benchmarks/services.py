@@ -25,6 +25,13 @@ from gateway.redis_server import RedisServer
 
 from .affinity import set_process_affinity
 
+# Idle keep-alive of the simulated engines started here (SGLang's server: 5 s). Longer so
+# the load generator's pooled connections outlive the gaps between arrivals at light load:
+# a burst that has to open its connections sends its last request ~5-10 ms late (each
+# connect waits for the loop to finish the burst's other sends), which is the harness's
+# delay, not the system's (the gateway and smg keep theirs open at least as long).
+KEEP_ALIVE_S = 75
+
 
 class ServiceError(RuntimeError):
     pass
@@ -90,7 +97,7 @@ class Services:
             proc = self._spawn(f"sim{i}", [
                 sys.executable, "-m", "gateway.cli", "sim", "--host", "127.0.0.1", "--port", str(port),
                 "--profile", profile, "--time-scale", str(time_scale), "--seed", str(seed + i),
-                "--log-level", "warning",
+                "--keep-alive-s", str(KEEP_ALIVE_S), "--log-level", "warning",
             ])
             self.engines.append(f"http://127.0.0.1:{port}")
             pending.append((proc, self.engines[-1]))

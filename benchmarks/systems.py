@@ -56,6 +56,7 @@ VARIANTS: dict[str, dict[str, str]] = {
         "PARROT_APP_WINDOW": "0", "PARROT_PREFILL_BUDGET_CHUNKS": "100000",
         "PARROT_PROTECT_LATENCY": "false",
     },
+    "gateway-nogate": {"PARROT_INTAKE_SLOTS": "0"},  # background submits not made to take turns
 }
 # Plain clients through a gateway with one setting changed (agents: program inference off).
 PLAIN_VARIANTS: dict[str, dict[str, str]] = {
@@ -124,6 +125,7 @@ class AppResult:
 
 class System(Protocol):
     name: str
+    targets: list[str]
 
     async def run_app(self, app: App, scheduled: float | None = None) -> AppResult: ...
 
@@ -226,6 +228,9 @@ class _Client:
         self.model = model
         self.half_rtt = rtt_s / 2
 
+    targets: list[str] = []
+    """The URLs this system's requests go to (their connections are opened before a run)."""
+
     def before_send(self) -> None:
         """Called just before every request; tests override it to slow the client down."""
 
@@ -251,7 +256,7 @@ class ClientOrchestrated(_Client):
     def __init__(self, name: str, http: Http, urls: list[str], model: str,
                  rtt_s: float = 0.0, engine_of_url: bool = True) -> None:
         super().__init__(name, http, model, rtt_s)
-        self.urls = list(urls)
+        self.urls = self.targets = list(urls)
         self._rr = itertools.cycle(self.urls)
         self.engine_of_url = engine_of_url
 
@@ -352,6 +357,7 @@ class GatewayDag(_Client):
                  rtt_s: float = 0.0, poll_wait_s: int = 30) -> None:
         super().__init__(name, http, model, rtt_s)
         self.url = url
+        self.targets = [url]
         self.poll_wait_s = poll_wait_s
         self._pending: list[_Pending] = []
 

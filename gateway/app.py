@@ -211,7 +211,7 @@ def create_app(
         },
     )
     app.state.gateway = gw
-    app.add_middleware(IntakeGate, slots=gw.settings.intake_slots)
+    app.add_middleware(IntakeGate, slots=gw.sessions.intake)
     if gw.tracing.middleware is not None:  # inside the request-id middleware: it sees the id
         app.add_middleware(gw.tracing.middleware, tracing=gw.tracing, route_of=_route_label)
     app.add_middleware(RequestIdMiddleware, metrics=gw.metrics)

@@ -6,15 +6,19 @@ each costs the gateway ~3 ms of Python to validate and register, and asyncio run
 every handler round robin at each await, so a chat arriving with such a burst was
 queued only when the burst was (measured, mixed-heavy at 0.9 of capacity: 190-900 ms
 between a slow chat reaching the gateway and being queued; chat TTFT p99 0.56 s
-against smg's 0.32 s). ``IntakeGate`` lets at most ``slots`` background submits
-(``X-Parrot-Async`` without ``X-Parrot-Criteria: latency``) through the handler at
-once; everything else passes straight in. An async submit answers as soon as it is
-registered, so a slot is held for its intake only.
+against smg's 0.32 s). ``IntakeSlots`` lets at most ``slots`` background requests
+(``X-Parrot-Criteria: throughput``) through each CPU-heavy step of their intake at
+once: the handler of an async submit (``IntakeGate``: it answers as soon as the request
+is registered) and, once its inputs are ready, the analysis and prompt hashing before
+it is queued (``SessionRunner``). Everything else passes straight in. A slot is never
+held while waiting for another request, so the gate cannot deadlock a DAG.
 """
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import AbstractAsyncContextManager, nullcontext
+from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -34,19 +38,27 @@ def is_background_submit(scope: Scope) -> bool:
     return is_async and throughput
 
 
-class IntakeGate:
-    """ASGI middleware: background submits through ``slots`` at a time (0: no gate)."""
+class IntakeSlots:
+    """``slots`` background requests in an intake step at once (0: no limit)."""
 
-    def __init__(self, app: ASGIApp, slots: int) -> None:
+    def __init__(self, slots: int) -> None:
+        self._sem = asyncio.Semaphore(slots) if slots > 0 else None
+
+    def turn(self, background: bool) -> AbstractAsyncContextManager[Any]:
+        """``async with`` this around a CPU-heavy step: waits for a slot if background."""
+        return self._sem if background and self._sem is not None else nullcontext()
+
+
+class IntakeGate:
+    """ASGI middleware: background submits through the handler in ``slots`` turns."""
+
+    def __init__(self, app: ASGIApp, slots: IntakeSlots) -> None:
         self.app = app
-        self._slots = asyncio.Semaphore(slots) if slots > 0 else None
+        self.slots = slots
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self._slots is None or scope["type"] != "http" or not is_background_submit(scope):
-            await self.app(scope, receive, send)
-            return
-        async with self._slots:
+        async with self.slots.turn(scope["type"] == "http" and is_background_submit(scope)):
             await self.app(scope, receive, send)
 
 
-__all__ = ["IntakeGate", "is_background_submit"]
+__all__ = ["IntakeGate", "IntakeSlots", "is_background_submit"]

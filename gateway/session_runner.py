@@ -6,10 +6,8 @@ Whatever happens — engine failure, timeout, cancellation — the output variab
 ends ``ready`` or ``failed``, so consumers never hang: a failed input fails every
 transitive consumer with ``upstream_failed`` naming the variable.
 
-This module knows nothing of HTTP: it takes a `Submission` (plain fields) and
-hands back tasks, engine answers and chunk streams. ``session_http.py`` turns
-requests into submissions and results into responses; another driver (a work
-queue) could call the same methods.
+This module knows nothing of HTTP: it takes a `Submission` (plain fields) and hands back
+tasks, engine answers and chunk streams (``session_http.py`` speaks HTTP).
 """
 
 from __future__ import annotations
@@ -42,6 +40,7 @@ from common.types import JSON, Route
 
 from .completion import Completions, RequestContext, prompt_shape
 from .dispatcher import no_engine, overloaded
+from .intake import IntakeSlots
 from .metrics import Metrics
 from .session_graph import Analysis, GraphCache, cycle_check, graph_view
 from .session_types import (
@@ -86,6 +85,7 @@ class SessionRunner:
         self.tracing = tracing or Tracing()
         self.replica = replica or "gw-" + uuid.uuid4().hex[:12]
         self.ledger = ledger  # where accepted work is recorded (None: not recorded)
+        self.intake = IntakeSlots(settings.intake_slots)  # background work takes turns
         self.graphs = GraphCache()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._by_session: dict[tuple[str, str], set[asyncio.Task[Any]]] = {}
@@ -280,23 +280,23 @@ class SessionRunner:
         it is handed to the scheduler) the objective and group it will run with."""
         rec, ctx = run.rec, run.ctx
         inputs = await self._inputs(run)
-        values = inputs.values
-        engine_body = self._substituted(run.route, run.body, values) if values else run.body
-        analysis = await self._analysis(rec.tenant, rec.session, inputs.version)
+        async with self.intake.turn(rec.criteria == "throughput"):
+            values = inputs.values
+            engine_body = self._substituted(run.route, run.body, values) if values else run.body
+            analysis = await self._analysis(rec.tenant, rec.session, inputs.version)
+            shape = prompt_shape(run.route, engine_body, self.settings.prefix_block_bytes)
         ctx.latency_critical = analysis.objective(rec.id, rec.criteria) == "latency"
         ctx.group = analysis.group(rec.id) if self.settings.task_groups else None
         ctx.downstream_s = analysis.downstream(rec.id)
         ctx.request_id = rec.id
-        shape = prompt_shape(run.route, engine_body, self.settings.prefix_block_bytes)
         ctx.prompt = shape
         rec.status, rec.ready_at = "queued", time.time()
         rec.prompt_tokens = self.completions.estimate.tokens(shape.nbytes)
         rec.prefix_hashes = list(shape.hashes[:PREFIX_HASH_BLOCKS])
         rec.criteria_effective = "latency" if ctx.latency_critical else "throughput"
         rec.group = ctx.group
-        # Progress for the graph view only, off the critical path and only for requests
-        # still queued after a moment (a late save never overwrites the final record,
-        # see scripts.SAVE_RECORD): most requests of a fast pipeline never need it.
+        # Progress for the graph view only, for requests still queued after a moment (a late
+        # save never overwrites the final record, scripts.SAVE_RECORD).
         asyncio.get_running_loop().call_later(PROGRESS_SAVE_S, self._save_progress, rec)
         if inputs.written_at:
             self.metrics.pipeline.observe(max(0.0, time.time() - inputs.written_at))

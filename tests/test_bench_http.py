@@ -88,6 +88,12 @@ def test_an_empty_pool_opens_spares_for_the_next_burst(engine: UvicornThread) ->
             assert len(http._all) == 7
             await asyncio.gather(*(http.request("GET", engine.url + "/health") for _ in range(7)))
             assert len(http._all) == 7  # the burst found its connections open
+        async with HttpClient(keepalive_s=60, spare=0) as http:
+            await http.warm(engine.url, 70)
+            await http.warm(engine.url, 70)  # already there: nothing more opened
+            assert len(http._all) == 70
+            await asyncio.gather(*(http.request("GET", engine.url + "/health") for _ in range(70)))
+            assert len(http._all) == 70
 
     _run(go())
 

@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--model-path", default=None, help="tokenizer directory to report/create")
     ap.add_argument("--tokenizer", choices=TOKENIZERS, default="cl100k",
                     help="how the engine counts tokens (bytes: one per UTF-8 byte)")
+    ap.add_argument("--keep-alive-s", type=float, default=5.0,
+                    help="idle keep-alive of client connections (default 5, as SGLang's server)")
     ap.add_argument("--log-level", default="info")
     return ap
 
@@ -67,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     app = create_sim_app(config)
     print(f"*** {BANNER} ***\n*** listening on http://{a.host}:{a.port} "
           f"profile={a.profile} time_scale={a.time_scale} ***", flush=True)
-    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level.lower())
+    uvicorn.run(app, host=a.host, port=a.port, log_level=a.log_level.lower(),
+                timeout_keep_alive=max(1, round(a.keep_alive_s)))
     return 0
 
 
