@@ -26,7 +26,16 @@ class Affinity:
 
     def to_json(self) -> dict[str, Any]:
         return {"harness": list(self.harness or ()), "services": list(self.services or ()),
-                "systems": list(self.systems or self.services or ()), "note": self.note}
+                "systems": list(self.systems or self.services or ()), "note": self.note,
+                "harness_realtime": _realtime()}
+
+
+def _realtime() -> bool:
+    """Whether this thread runs at a real-time priority (``PinnedHarness``)."""
+    try:
+        return os.sched_getscheduler(0) & ~getattr(os, "SCHED_RESET_ON_FORK", 0) == os.SCHED_FIFO
+    except (OSError, AttributeError):
+        return False
 
 
 def _cpus(text: str) -> tuple[int, ...]:

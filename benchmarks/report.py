@@ -177,9 +177,11 @@ def saturation_markdown(summary: dict[str, Any]) -> str:
                  f"{', '.join(f'{k} {v:g} s' for k, v in (w.get('slo_s') or {}).items())})", "",
                  "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         bad = w.get("not_comparable") or {}
+        repeats = max((len(m.get("repeats") or ()) for p in points for m in p["systems"].values()), default=0)
+        if repeats > 1:
+            lines[0] = lines[0][:-1] + f"; {repeats} runs per point, pooled; each run's mean in brackets)"
         for s in [x for x in SYSTEM_ORDER if x in w["capacity_apps_per_s"]]:
-            cells = [f"{_f(p['systems'][s].get('e2e_mean_s'), 2)} / {_f(p['systems'][s].get('e2e_p99_s'), 2)}"
-                     if s in p["systems"] else "-" for p in points]
+            cells = [_point_cell(p["systems"][s]) if s in p["systems"] else "-" for p in points]
             label = s + (" *" if s in bad else "")
             good = (w.get("goodput_apps_per_s") or {}).get(s)
             lines.append("| " + " | ".join([label, _f(w["capacity_apps_per_s"].get(s), 2), _f(good, 2),
@@ -187,6 +189,15 @@ def saturation_markdown(summary: dict[str, Any]) -> str:
         lines += [f"\n\\* {s}: not comparable: {why}" for s, why in bad.items()]
         out.append("\n".join(lines))
     return "\n\n".join(out)
+
+
+def _point_cell(m: dict[str, Any]) -> str:
+    """``mean / p99``, and each repeat's own mean when the point was run more than once."""
+    cell = f"{_f(m.get('e2e_mean_s'), 2)} / {_f(m.get('e2e_p99_s'), 2)}"
+    runs = [r.get("e2e_mean_s") for r in m.get("repeats") or ()]
+    if len(runs) > 1:
+        cell += " (" + ", ".join(_f(x, 2) for x in runs) + ")"
+    return cell
 
 
 def _has_chat_and_batch(w: dict[str, Any]) -> bool:

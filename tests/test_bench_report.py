@@ -47,3 +47,16 @@ def test_plain_table_one_row_per_run() -> None:
     result = {"runs": [{"concurrency": 8, "system": "baseline", "ttft_p50_ms": 40.0, "ttft_p95_ms": 90.0,
                         "itl_mean_ms": 7.5, "e2e_mean_ms": 1000.0, "throughput_rps": 7.9, "errors": 0}]}
     assert "| 8 | baseline | 40.0 / 90.0 | 7.50 | 1000 | 7.90 | 0 |" in plain_markdown(result)
+
+
+def test_sweep_with_repeats_shows_each_runs_mean() -> None:
+    point = {"rate": 2.0, "load": 0.95, "systems": {
+        "gateway": _system(3.0, repeats=[{"e2e_mean_s": 2.5}, {"e2e_mean_s": 3.5}]),
+        "sglang-router": _system(4.0, repeats=[{"e2e_mean_s": 4.2}, {"e2e_mean_s": 3.8}])}}
+    summary = {"workloads": {"map-reduce": {
+        "capacity_apps_per_s": {"sglang-router": 2.0, "gateway": 2.5}, "goodput_apps_per_s": {},
+        "slo": "p90", "slo_s": {}, "sweep": [point]}}}
+    table = markdown_table(summary)
+    assert "2 runs per point, pooled" in table
+    assert "| gateway | 2.50 | - | 3.00 / 9.00 (2.50, 3.50) |" in table
+    assert "| sglang-router | 2.00 | - | 4.00 / 12.00 (4.20, 3.80) |" in table

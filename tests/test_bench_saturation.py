@@ -114,9 +114,12 @@ def test_services_and_harness_are_pinned_and_the_harness_restored(tmp_path: Path
         assert os.sched_getaffinity(pids["engine0"]) == {cpus[1]}
         for system in ("gateway", "redis"):  # systems under test
             assert os.sched_getaffinity(pids[system]) == {cpus[0]}
-        with PinnedHarness(plan):
+        with PinnedHarness(plan) as pinned:
             assert os.sched_getaffinity(0) == {cpus[0]}
+            # ahead of the systems on its CPU where allowed (root), and says so
+            assert pinned.realtime == (os.geteuid() == 0) == plan.to_json()["harness_realtime"]
     assert os.sched_getaffinity(0) == before
+    assert plan.to_json()["harness_realtime"] is False
 
 
 def _app(kind: str, start: float, end: float, out: int, first: float | None = None) -> AppResult:
