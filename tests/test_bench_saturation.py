@@ -29,7 +29,7 @@ from benchmarks.metrics import (
     summarize_reasons,
 )
 from benchmarks.report import markdown_table
-from benchmarks.saturation import pool_repeats
+from benchmarks.saturation import best_k, pool_repeats
 from benchmarks.systems import AppResult, ClientOrchestrated, RequestTiming
 from benchmarks.workloads import SWEEPABLE, app_maker, build_workload
 
@@ -232,6 +232,13 @@ def _repeat(latencies: list[float], lag: float, comparable: bool) -> tuple[dict,
     if not comparable:
         m["not_comparable"] = ["harness lag: step send p99 9.0 ms (> 5 ms)"]
     return m, apps
+
+
+def test_capacity_k_is_the_best_probe() -> None:
+    probes = [{"k": 4, "apps_per_s": 1.7}, {"k": 8, "apps_per_s": 2.0}, {"k": 16, "apps_per_s": 2.8},
+              {"k": 32, "apps_per_s": 2.4}]
+    assert best_k(probes) == 16  # past the knee the throughput fell
+    assert best_k([{"k": 8, "apps_per_s": 2.0}, {"k": 16, "apps_per_s": 2.0}]) == 8  # a tie: fewer
 
 
 def test_repeats_pool_latency_and_keep_the_worst_harness() -> None:
