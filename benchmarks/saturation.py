@@ -167,13 +167,13 @@ async def run_point(b: Bench, name: str, rate: float, load: float, systems: list
         for sname in systems:
             run = await b.run(sname, open_loop(wl, ts), rkey, len(wl.arrivals))
             measured = _measured(wl.arrivals, run.results)
-            m = b.metrics(run, name, f"rate {rate:.3g}/s" + (f" #{rep + 1}" if cfg.repeats > 1 else ""),
+            m = b.metrics(run, name, f"rate {rate:.3g}/s" + (f" run {rep + 1}" if cfg.repeats > 1 else ""),
                           measured)
             m["apps_measured"] = len(measured)
             runs[sname].append((m, measured))
             raw["systems"][sname] = [r.to_json() for r in run.results]
             b.log(run_line(rkey, sname, m))
-        b.write_raw(key if cfg.repeats == 1 else f"{key}#{rep + 1}", raw)
+        b.write_raw(key if cfg.repeats == 1 else f"{key}-run{rep + 1}", raw)
     entry["apps"] = n * cfg.repeats
     for sname, done in runs.items():
         m = done[0][0] if len(done) == 1 else pool_repeats(done, ts)
