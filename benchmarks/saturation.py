@@ -159,7 +159,7 @@ async def run_point(b: Bench, name: str, rate: float, load: float, systems: list
     for rep in range(cfg.repeats):
         wl = build_workload(name, cfg.size, cfg.seed + rep * SEED_STRIDE, n, rate)
         bound = bound or await b.bound(wl)
-        rkey = key + (f" #{rep + 1}" if cfg.repeats > 1 else "")
+        rkey = key + (f" run {rep + 1}" if cfg.repeats > 1 else "")
         b.log(f"[{rkey}] {label}: {len(wl.apps)} apps ({n} at {rate:.3g}/s), {wl.requests} requests")
         raw: dict[str, Any] = {"workload": name, "rate": rate, "load": load, "repeat": rep,
                                "params": wl.params, "bound": bound, "engines": b.svc.long_label,
@@ -189,9 +189,9 @@ async def run_point(b: Bench, name: str, rate: float, load: float, systems: list
 
 
 def pool_repeats(done: list[tuple[dict[str, Any], list[AppResult]]], ts: float) -> dict[str, Any]:
-    """One system's repeats of a point as one entry: latency over every measured app;
-    throughput, utilization and cache ratio the mean of the repeats; the harness's lag and
-    CPU the worst repeat's; comparable only if every repeat was; ``repeats`` lists each
+    """One system's repeats of a point as one entry: latency and cache reuse over every
+    measured app; throughput and utilization the mean of the repeats; the harness's lag
+    and CPU the worst repeat's; comparable only if every repeat was; ``repeats`` lists each
     repeat's own latency. Pure."""
     ms = [m for m, _ in done]
     out = dict(ms[0])
