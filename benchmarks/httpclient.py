@@ -148,12 +148,22 @@ class HttpClient:
         self._all.add(c)
         return c
 
+    async def _park(self, key: tuple[str, int], n: int) -> None:
+        """Open ``n`` connections to ``key`` and put them in its idle pool, behind the
+        warmer ones (64 at a time: within any server's accept backlog)."""
+        idle = self._idle.setdefault(key, [])
+        while n > 0:
+            batch = min(64, n)
+            conns = await asyncio.gather(*(self._open(*key) for _ in range(batch)))
+            now = time.monotonic()
+            for c in conns:
+                c.idle_since = now
+                idle.insert(0, c)
+            n -= batch
+
     async def _refill(self, key: tuple[str, int]) -> None:
         try:
-            for _ in range(self.spare):
-                c = await self._open(*key)
-                c.idle_since = time.monotonic()
-                self._idle.setdefault(key, []).insert(0, c)  # used after the warmer ones
+            await self._park(key, self.spare)
         except OSError:
             pass  # the server is gone: the next request says so
         finally:
@@ -162,16 +172,8 @@ class HttpClient:
     async def warm(self, url: str, n: int) -> None:
         """Have ``n`` idle connections to ``url``'s host open (before a measured run)."""
         host, port, _, _ = _split(url)
-        idle = self._idle.setdefault((host, port), [])
-        missing = n - sum(1 for c in idle if not c.closed)
-        while missing > 0:  # 64 at a time: within any server's accept backlog
-            batch = min(64, missing)
-            conns = await asyncio.gather(*(self._open(host, port) for _ in range(batch)))
-            now = time.monotonic()
-            for c in conns:
-                c.idle_since = now
-                idle.insert(0, c)
-            missing -= batch
+        idle = self._idle.get((host, port), [])
+        await self._park((host, port), n - sum(1 for c in idle if not c.closed))
 
     async def _checkout(self, host: str, port: int) -> tuple[_Conn, bool]:
         key = (host, port)
@@ -247,9 +249,6 @@ class HttpClient:
 class AiohttpClient:
     """The same ``request`` over aiohttp (no pool limit, 3 s keep-alive)."""
 
-    async def warm(self, url: str, n: int) -> None:
-        """Nothing: aiohttp opens its connections as requests need them."""
-
     def __init__(self, timeout_s: float = 900.0) -> None:
         import aiohttp
 
@@ -259,6 +258,9 @@ class AiohttpClient:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=timeout_s),
             skip_auto_headers=("User-Agent",),
         )
+
+    async def warm(self, url: str, n: int) -> None:
+        """Nothing: aiohttp opens its connections as requests need them."""
 
     async def request(self, method: str, url: str, body: bytes | None = None,
                       headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
