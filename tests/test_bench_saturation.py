@@ -29,7 +29,7 @@ from benchmarks.metrics import (
     summarize_reasons,
 )
 from benchmarks.report import markdown_table
-from benchmarks.saturation import best_k, pool_repeats
+from benchmarks.saturation import best_k, pool_repeats, saturated
 from benchmarks.systems import AppResult, ClientOrchestrated, RequestTiming
 from benchmarks.workloads import SWEEPABLE, app_maker, build_workload
 
@@ -241,6 +241,17 @@ def test_capacity_k_is_the_best_probe() -> None:
     assert best_k([{"k": 8, "apps_per_s": 2.0}, {"k": 16, "apps_per_s": 2.0}]) == 8  # a tie: fewer
 
 
+def test_k_search_stops_after_two_doublings_without_growth() -> None:
+    def probes(*tps: float) -> list[dict[str, float]]:
+        return [{"k": 4 * 2 ** i, "apps_per_s": tp} for i, tp in enumerate(tps)]
+    assert not saturated(probes(1.33, 1.89))
+    assert not saturated(probes(1.33, 1.89, 2.00))  # one doubling under +10%: noise or slow
+    assert not saturated(probes(1.33, 1.89, 2.00, 2.40))  # it grew again
+    assert saturated(probes(1.33, 1.89, 2.00, 2.15))  # +6%, then +7.5% over the best
+    assert saturated(probes(2.0, 2.82, 2.36, 2.50))  # past the knee: fell, then below the best
+    assert best_k(probes(2.0, 2.82, 2.36, 2.50)) == 8
+
+
 def test_repeats_pool_latency_and_keep_the_worst_harness() -> None:
     pooled = pool_repeats([_repeat([1.0, 3.0], 2.0, True), _repeat([5.0, 7.0], 9.0, False)], 1.0)
     assert pooled["e2e_mean_s"] == pytest.approx(4.0)  # over all four apps
@@ -272,6 +283,28 @@ def _start_spread_ms(think_s: float) -> float:
     starts = sorted(r.start for r in out.results)
     second_round = starts[16:32]
     return (second_round[-1] - second_round[0]) * 1000
+
+
+class _WaveSystem:
+    """Apps end on the next 100 ms boundary: a batch engine finishing its apps in waves."""
+
+    name = "waves"
+
+    async def run_app(self, app: object, scheduled: float | None = None) -> AppResult:
+        start = time.time()
+        await asyncio.sleep(0.1 - (start % 0.1) + 0.001)
+        return AppResult(str(app), "x", "t", scheduled or start, start, time.time(), 1)
+
+
+@pytest.mark.timeout(30)
+def test_closed_loop_throughput_from_cycles_is_right_when_apps_finish_in_waves() -> None:
+    """8 slots, a wave of 8 completions every 100 ms: 80 apps/s. Counting completions
+    over the window reads low (it ends on a wave's first completion, the gap before it
+    included and the wave not); the slots' cycle times read it right."""
+    out = asyncio.run(run_closed(_WaveSystem(), lambda i: i, k=8, min_apps=16,  # type: ignore[arg-type]
+                                 min_wall_s=0.35, max_wall_s=10.0))
+    assert out.throughput_wall == pytest.approx(80, rel=0.1)
+    assert out.throughput_counted is not None and out.throughput_counted < 0.85 * 80
 
 
 @pytest.mark.timeout(30)
