@@ -37,7 +37,7 @@ from .workloads import App, Step, Workload
 DEFAULT_LOADS = (0.5, 0.7, 0.85, 0.95, 1.05)
 
 
-WARM_CONNECTIONS = 256  # opened per target before each measured run (httpclient.HttpClient)
+WARM_CONNECTIONS = 512  # opened per target before each measured run (httpclient.HttpClient)
 
 
 @dataclass

@@ -77,23 +77,42 @@ def test_keep_alive_reuse_and_server_closed_connections(engine: UvicornThread) -
     _run(go())
 
 
+async def _settle(http: HttpClient) -> None:
+    for _ in range(200):  # the spares open in the background
+        if not http._tasks:
+            return
+        await asyncio.sleep(0.01)
+
+
 def test_an_empty_pool_opens_spares_for_the_next_burst(engine: UvicornThread) -> None:
     async def go() -> None:
         async with HttpClient(keepalive_s=60, spare=6) as http:
             assert (await http.request("GET", engine.url + "/health")).status == 200
-            for _ in range(100):  # the spares open in the background
-                if len(http._all) == 7:
-                    break
-                await asyncio.sleep(0.01)
-            assert len(http._all) == 7
+            await _settle(http)
+            assert len(http._all) == 7 and http.opened_inline == 1
             await asyncio.gather(*(http.request("GET", engine.url + "/health") for _ in range(7)))
-            assert len(http._all) == 7  # the burst found its connections open
+            assert http.opened_inline == 1  # the burst found its connections open
         async with HttpClient(keepalive_s=60, spare=0) as http:
             await http.warm(engine.url, 70)
             await http.warm(engine.url, 70)  # already there: nothing more opened
             assert len(http._all) == 70
             await asyncio.gather(*(http.request("GET", engine.url + "/health") for _ in range(70)))
             assert len(http._all) == 70
+
+    _run(go())
+
+
+def test_a_draining_pool_is_topped_up_before_it_is_empty(engine: UvicornThread) -> None:
+    """Each burst leaves fewer than ``spare`` idle connections while in flight, so the pool
+    is refilled between bursts and the next, larger one finds its connections open (a
+    refill only once the pool is empty made the second burst open 2 inline)."""
+    async def go() -> None:
+        async with HttpClient(keepalive_s=60, spare=4) as http:
+            await http.warm(engine.url, 8)
+            for burst in (6, 10, 14):
+                await asyncio.gather(*(http.request("GET", engine.url + "/health") for _ in range(burst)))
+                await _settle(http)
+            assert http.opened_inline == 0
 
     _run(go())
 
