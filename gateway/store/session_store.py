@@ -98,6 +98,17 @@ class SessionStore:
         self._clock = clock
         self._locks = KeyedLocks()
         self.outages = 0  # operations that found Redis unavailable (a restart, a failover)
+        self._scripts: dict[str, Any] = {}  # script text -> redis-py's script (EVALSHA)
+
+    async def _eval(self, script: str, numkeys: int, *args: Any) -> Any:
+        """Run one of ``scripts.py``'s scripts by its SHA1 (EVALSHA; redis-py loads it
+        again after a Redis restart). EVAL sent the 1-2 KB text with every call and Redis
+        hashed it every time: 178 us of Redis time per call against 133 with EVALSHA
+        (`python -m benchmarks.semantic_overhead`, Redis's commandstats)."""
+        script_obj = self._scripts.get(script)
+        if script_obj is None:
+            script_obj = self._scripts[script] = self._redis.register_script(script)
+        return await script_obj(keys=args[:numkeys], args=args[numkeys:])
 
     def attach_notifier(self, notifier: Notifier) -> None:
         """Give the store the notifier `wait_variables` sleeps on."""
@@ -232,7 +243,7 @@ class SessionStore:
             deadline=deadline, validate=validate, work=work, channel=keys.channel,
             event=Event(rec.tenant, rec.session, "graph", "#").encode() if rec.inputs else "",
         )
-        answer = await self._redis.eval(scripts.REGISTER, 4, *keys.data, *args)
+        answer = await self._eval(scripts.REGISTER, 4, *keys.data, *args)
         return scripts.register_outcome(answer, rec, self.max_variables)
 
     @store_errors
@@ -264,7 +275,7 @@ class SessionStore:
         """`plan_put` and its writes in one script. None only where a test turns it off."""
         keys = self.keys(tenant, session)
         now = self._clock()
-        answer = await self._redis.eval(
+        answer = await self._eval(
             scripts.PUT, 4, *keys.data, name, value, self.max_variables, repr(now), self.ttl_s,
             "" if deadline is None else repr(deadline), keys.channel,
             Event(tenant, session, "ready", name).encode(),
@@ -339,7 +350,7 @@ class SessionStore:
         keys = self.keys(tenant, session)
         now = self._clock()
         event = Event(tenant, session, "ready" if kind == "ready" else "failed", name).encode()
-        answer = await self._redis.eval(
+        answer = await self._eval(
             scripts.SETTLE, 4, *keys.data, name, kind, text, producer or "",
             record.id if record is not None else "", record.to_json() if record is not None else "",
             self.ttl_s, repr(now), keys.channel, event,
@@ -377,7 +388,7 @@ class SessionStore:
         not bumped: progress fields do not change the graph's shape.
         """
         keys = self.keys(rec.tenant, rec.session)
-        saved = await self._redis.eval(
+        saved = await self._eval(
             scripts.SAVE_RECORD, 2, keys.meta, keys.reqs, rec.id, rec.to_json(), self.ttl_s
         )
         return bool(saved)
@@ -389,7 +400,7 @@ class SessionStore:
         Cancelling its pending requests is the caller's job (list them first).
         """
         keys = self.keys(tenant, session)
-        deleted = await self._redis.eval(scripts.DELETE, 4, *keys.data, keys.channel,
+        deleted = await self._eval(scripts.DELETE, 4, *keys.data, keys.channel,
                                          Event(tenant, session, "deleted").encode())
         self._wake_here(tenant, session, [(None, "deleted")])
         return int(deleted) > 0
@@ -442,7 +453,7 @@ class SessionStore:
         """Take over every work entry `dead` holds in the session (atomically: of two
         replicas claiming at once, one gets each entry): (record, work JSON) pairs."""
         keys = self.keys(tenant, session)
-        raw = await self._redis.eval(scripts.CLAIM, 3, keys.meta, keys.reqs, keys.work, dead, owner)
+        raw = await self._eval(scripts.CLAIM, 3, keys.meta, keys.reqs, keys.work, dead, owner)
         return [(RequestRecord.from_json(raw[i + 1]), bytes(raw[i + 2]))
                 for i in range(0, len(raw), 3)]
 
@@ -450,7 +461,7 @@ class SessionStore:
     async def work_owner(self, tenant: str, session: str, rid: str) -> str | None:
         """The replica that owns request `rid`'s work now (None: finished or unknown)."""
         keys = self.keys(tenant, session)
-        owner = to_str(await self._redis.eval(scripts.OWNER, 1, keys.work, rid))
+        owner = to_str(await self._eval(scripts.OWNER, 1, keys.work, rid))
         return owner or None
 
     # -------------------------------------------------------------- waits
