@@ -128,7 +128,8 @@ PROXY_ROLES: dict[str, tuple[str, ...]] = {
     "gateway": ("gateway",), "gateway-plain": ("gateway",), "sglang-router": ("smg",),
     "gateway-2r": REPLICA_ROLES, "gateway-plain-2r": REPLICA_ROLES,
     "gateway-fifo": ("gateway-fifo",), "gateway-nogroups": ("gateway-nogroups",),
-    "gateway-nowindow": ("gateway-nowindow",), "gateway-noadmission": ("gateway-noadmission",),
+    "gateway-nowindow": ("gateway-nowindow",), "gateway-window": ("gateway-window",),
+    "gateway-noadmission": ("gateway-noadmission",),
     "gateway-nogate": ("gateway-nogate",),
     "gateway-plain-noinfer": ("gateway-plain-noinfer",),
 }

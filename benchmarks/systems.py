@@ -51,7 +51,8 @@ Http = HttpClient | AiohttpClient
 VARIANTS: dict[str, dict[str, str]] = {
     "gateway-fifo": {"PARROT_APP_ORDER": "false"},  # no application age (order or priority)
     "gateway-nogroups": {"PARROT_TASK_GROUPS": "false"},  # no task groups
-    "gateway-nowindow": {"PARROT_APP_WINDOW": "0"},  # no application window
+    "gateway-nowindow": {"PARROT_APP_WINDOW": "0"},  # no application window (the default now)
+    "gateway-window": {"PARROT_APP_WINDOW": "8"},  # the application window of 8 (the old default)
     "gateway-noadmission": {  # nothing held back: the engines queue everything
         "PARROT_APP_WINDOW": "0", "PARROT_PREFILL_BUDGET_CHUNKS": "100000",
         "PARROT_PROTECT_LATENCY": "false",

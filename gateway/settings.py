@@ -120,7 +120,7 @@ class Settings(BaseModel):
     )
     task_groups: bool = Field(True, description="Siblings of a map stage leave together.")
     app_window: int = Field(
-        8, ge=0, description="Applications an engine runs at once while prefill dominates (0 = off)."
+        0, ge=0, description="Applications an engine runs at once while prefill dominates (0 = off)."
     )
     prefill_budget_chunks: float = Field(
         1.0, gt=0, description="Unprefilled tokens an engine may hold, in chunked-prefill sizes."
