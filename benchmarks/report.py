@@ -180,7 +180,8 @@ def saturation_markdown(summary: dict[str, Any]) -> str:
         repeats = max((len(m.get("repeats") or ()) for p in points for m in p["systems"].values()), default=0)
         if repeats > 1:
             lines[0] = lines[0][:-1] + f"; {repeats} runs per point, pooled; each run's mean in brackets)"
-        for s in [x for x in SYSTEM_ORDER if x in w["capacity_apps_per_s"]]:
+        run = w["capacity_apps_per_s"]
+        for s in [x for x in SYSTEM_ORDER if x in run] + [x for x in run if x not in SYSTEM_ORDER]:
             cells = [_point_cell(p["systems"][s]) if s in p["systems"] else "-" for p in points]
             label = s + (" *" if s in bad else "")
             good = (w.get("goodput_apps_per_s") or {}).get(s)

@@ -60,3 +60,14 @@ def test_sweep_with_repeats_shows_each_runs_mean() -> None:
     assert "2 runs per point, pooled" in table
     assert "| gateway | 2.50 | - | 3.00 / 9.00 (2.50, 3.50) |" in table
     assert "| sglang-router | 2.00 | - | 4.00 / 12.00 (4.20, 3.80) |" in table
+
+
+def test_sweep_table_keeps_variants_after_the_known_systems() -> None:
+    """A variant swept with the others (two replicas, a policy switched off) gets its row."""
+    point = {"rate": 2.0, "load": 1.0, "systems": {
+        s: _system(t) for s, t in (("gateway-2r", 3.1), ("gateway", 3.0), ("sglang-router", 4.0))}}
+    summary = {"workloads": {"map-reduce": {
+        "capacity_apps_per_s": {"gateway-2r": 2.2, "sglang-router": 2.0, "gateway": 2.1},
+        "goodput_apps_per_s": {}, "slo": "p90", "slo_s": {}, "sweep": [point]}}}
+    rows = [line.split(" |")[0] for line in markdown_table(summary).splitlines() if line.startswith("| ")]
+    assert rows[1:] == ["| sglang-router", "| gateway", "| gateway-2r"]
