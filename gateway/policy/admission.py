@@ -20,7 +20,9 @@ So the gateway holds work back, on purpose, and releases it in its own order
   the work of at most ``app_window`` applications at once; a newer
   application's prefill waits while older ones decode, instead of stalling
   them. Decode-bound engines keep no window (it would only shrink their
-  batches); requests without an application are never windowed.
+  batches); requests without an application are never windowed. Off by
+  default (``app_window`` 0): with every application queued it shrank the
+  batches of prefill-heavy work too (map-reduce capacity 1.77 against 2.60).
 * **latency protection**: on an engine that is decoding latency-class work, a
   throughput job may bring at most ``protect_prefill_tokens`` uncached tokens
   once prefill takes ``protect_duty`` of the engine's time; heavy batch
