@@ -102,6 +102,8 @@ class RateLimiter:
         self.redis = redis
         self.prefix = prefix
         self._pending: set[asyncio.Task[int | None]] = set()  # corrections in flight
+        # By SHA1 (EVALSHA, reloaded after a Redis restart), as the session store's scripts.
+        self._admit = redis.register_script(_ADMIT) if redis is not None else None
 
     def _key(self, tenant: str, *parts: object) -> str:
         return ":".join([self.prefix, "rl", quote(tenant, safe=""), *map(str, parts)])
@@ -174,9 +176,10 @@ class RateLimiter:
             return
         now = time.time()
         try:
-            res: Any = await self.redis.eval(  # type: ignore[misc]
-                _ADMIT, 1, self._sessions_key(principal.tenant),
-                now, now + ttl_s, spec.max_sessions, session, int(ttl_s) + 1,
+            assert self._admit is not None
+            res: Any = await self._admit(
+                keys=[self._sessions_key(principal.tenant)],
+                args=[now, now + ttl_s, spec.max_sessions, session, int(ttl_s) + 1],
             )
         except Exception as exc:
             if not redis_failure(exc):
