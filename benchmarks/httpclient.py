@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -179,8 +179,9 @@ class HttpClient:
         idle = self._idle.get((host, port), [])
         await self._park((host, port), n - sum(1 for c in idle if not c.closed))
 
-    async def _checkout(self, host: str, port: int) -> tuple[_Conn, bool]:
-        key = (host, port)
+    def _take_idle(self, key: tuple[str, int]) -> _Conn | None:
+        """An idle pooled connection to ``key``, without waiting; and a background
+        top-up when fewer than ``spare`` would be left."""
         idle = self._idle.get(key)
         now = time.monotonic()
         found = None
@@ -196,15 +197,22 @@ class HttpClient:
             task = asyncio.create_task(self._refill(key))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        return found
+
+    async def _checkout(self, key: tuple[str, int]) -> tuple[_Conn, bool]:
+        found = self._take_idle(key)
         if found is not None:
             return found, True
         self.opened_inline += 1
-        return await self._open(host, port), False
+        return await self._open(*key), False
 
-    async def request(self, method: str, url: str, body: bytes | None = None,
-                      headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
-                      on_chunk: Chunk | None = None) -> Response:
-        """Send one request; with ``on_chunk`` the body is handed over as it arrives."""
+    def begin(self, method: str, url: str, body: bytes | None = None,
+              headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
+              on_chunk: Chunk | None = None) -> Awaitable[Response]:
+        """Write the request now when an idle connection to its host is at hand (no
+        await, so a burst of requests leaves in one go, before anything else runs);
+        awaiting the result gives the response (opening a connection first if none was
+        idle). With ``on_chunk`` the body is handed over as it arrives."""
         host, port, path, hostport = _split(url)
         if params:
             path += ("&" if "?" in path else "?") + urlencode(params)
@@ -214,10 +222,27 @@ class HttpClient:
         if body is not None:
             head.append(b"Content-Length: %d\r\n" % len(body))
         data = b"".join(head) + b"\r\n" + (body or b"")
+        key = (host, port)
+        conn = self._take_idle(key)
+        written = None if conn is None else (conn, conn.send(data, on_chunk))
+        return self._finish(key, data, on_chunk, written)
+
+    async def request(self, method: str, url: str, body: bytes | None = None,
+                      headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
+                      on_chunk: Chunk | None = None) -> Response:
+        """Send one request; with ``on_chunk`` the body is handed over as it arrives."""
+        return await self.begin(method, url, body, headers, params, on_chunk)
+
+    async def _finish(self, key: tuple[str, int], data: bytes, on_chunk: Chunk | None,
+                      written: tuple[_Conn, asyncio.Future[Response]] | None) -> Response:
         for attempt in (0, 1):
-            conn, reused = await self._checkout(host, port)
+            if written is not None and attempt == 0:
+                (conn, waiter), reused = written, True
+            else:
+                conn, reused = await self._checkout(key)
+                waiter = conn.send(data, on_chunk)
             try:
-                resp = await asyncio.wait_for(conn.send(data, on_chunk), self.timeout_s)
+                resp = await asyncio.wait_for(waiter, self.timeout_s)
             except HttpError:
                 conn.close()
                 self._all.discard(conn)
@@ -232,7 +257,7 @@ class HttpClient:
             if conn.keep and not conn.closed:
                 conn.idle_since = time.monotonic()
                 conn.on_chunk = None
-                self._idle.setdefault((host, port), []).append(conn)
+                self._idle.setdefault(key, []).append(conn)
             else:
                 conn.close()
                 self._all.discard(conn)
@@ -270,6 +295,12 @@ class AiohttpClient:
 
     async def warm(self, url: str, n: int) -> None:
         """Nothing: aiohttp opens its connections as requests need them."""
+
+    def begin(self, method: str, url: str, body: bytes | None = None,
+              headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,
+              on_chunk: Chunk | None = None) -> Awaitable[Response]:
+        """As ``HttpClient.begin``, except that the request leaves only once awaited."""
+        return self.request(method, url, body, headers, params, on_chunk)
 
     async def request(self, method: str, url: str, body: bytes | None = None,
                       headers: dict[str, str] | None = None, params: dict[str, Any] | None = None,

@@ -35,6 +35,7 @@ import asyncio
 import itertools
 import time
 import uuid
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -220,6 +221,14 @@ def _json(raw: bytes) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"value": parsed}
 
 
+@dataclass
+class _Sent:
+    """A call sent by ``_Client.begin``: its response to await, its stream parser."""
+
+    response: Awaitable[Response]
+    sse: _Sse | None
+
+
 class _Client:
     """Shared plumbing: one HTTP client, the injected network delay, the lag hook."""
 
@@ -240,11 +249,22 @@ class _Client:
         """One client-to-service call; returns the reply and when its bytes were written."""
         if self.half_rtt:
             await asyncio.sleep(self.half_rtt)
+        return await self.complete(self.begin(method, url, body, headers, params, stream))
+
+    def begin(self, method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
+              params: dict[str, Any] | None = None, stream: bool = False) -> _Sent:
+        """Send a call now, without awaiting (the injected half round trip before it is
+        the caller's): a burst leaves back to back. ``complete`` gives its reply."""
         self.before_send()
         data = None if body is None else orjson.dumps(body)
         hdrs = {**JSON_HEADERS, **(headers or {})} if data is not None else headers
         sse = _Sse() if stream else None
-        resp = await self.http.request(method, url, data, hdrs, params, sse.feed if sse else None)
+        return _Sent(self.http.begin(method, url, data, hdrs, params, sse.feed if sse else None), sse)
+
+    async def complete(self, sent: _Sent) -> tuple[Reply, float]:
+        """The reply to a ``begin``, after the injected half round trip back."""
+        resp = await sent.response
+        sse = sent.sse
         reply = sse.reply(resp) if sse is not None else Reply(resp.status, _json(resp.body), resp.headers)
         if self.half_rtt:
             await asyncio.sleep(self.half_rtt)
@@ -270,16 +290,33 @@ class ClientOrchestrated(_Client):
         values: dict[str, str] = {}
         arrived: dict[str, float] = {}
         done: dict[str, asyncio.Event] = {s.name: asyncio.Event() for s in app.steps}
+        deps = {s.name: [n for n in s.inputs if n in done] for s in app.steps}
+        # The steps ready at the start leave at once, back to back, before any task runs:
+        # one task per step would send them one loop turn apart (~90 us each, so the 16th
+        # map of an app left ~2.4 ms after its start; measured, map-reduce at capacity).
+        first: dict[str, tuple[str, float, _Sent]] = {}
+        if self.half_rtt:
+            await asyncio.sleep(self.half_rtt)
+        for step in app.steps:
+            if not deps[step.name]:
+                url = next(self._rr)
+                body = chat_body(step, self.model, app.tenant, values)
+                first[step.name] = (url, time.time(), self.begin(
+                    "POST", url + "/v1/chat/completions", body, stream=step.stream))
 
         async def run_step(step: Step) -> None:
-            deps = [n for n in step.inputs if n in done]
-            for name in deps:
+            for name in deps[step.name]:
                 await done[name].wait()
-            ready = max((arrived[n] for n in deps), default=start)
-            url = next(self._rr)
-            body = chat_body(step, self.model, app.tenant, values)
-            sent = time.time()
-            reply, issued = await self.call("POST", url + "/v1/chat/completions", body, stream=step.stream)
+            ready = max((arrived[n] for n in deps[step.name]), default=start)
+            if step.name in first:
+                url, sent, call = first[step.name]
+                reply, issued = await self.complete(call)
+            else:
+                url = next(self._rr)
+                body = chat_body(step, self.model, app.tenant, values)
+                sent = time.time()
+                reply, issued = await self.call("POST", url + "/v1/chat/completions", body,
+                                                stream=step.stream)
             received = time.time()
             if reply.status != 200:
                 raise StepFailed(f"{self.name} {step.name}: HTTP {reply.status} {str(reply.data)[:200]}")

@@ -5,6 +5,7 @@ server closed, errors, and the same answers as the aiohttp adapter."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 
 import orjson
@@ -13,7 +14,8 @@ import pytest
 from backends.sim.app import create_sim_app
 from backends.sim.config import SimConfig
 from benchmarks.httpclient import AiohttpClient, HttpClient, HttpError
-from benchmarks.systems import _Sse
+from benchmarks.systems import ClientOrchestrated, _Sse
+from benchmarks.workloads import map_reduce_app
 from common.serving import UvicornThread, free_port
 
 BODY = {"model": "default", "messages": [{"role": "user", "content": "Say something."}],
@@ -127,3 +129,25 @@ def test_errors_are_raised_not_hung() -> None:
 
     _run(go())
     assert issubclass(HttpError, OSError)
+
+
+def test_an_apps_ready_steps_leave_back_to_back(engine: UvicornThread) -> None:
+    """The client-side orchestrator writes every step that is ready at an app's start
+    before the event loop runs anything else (one task per step sent them a loop turn
+    apart, ~90 us each), and still sends the step that waits for them once they are done."""
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        async with HttpClient(keepalive_s=60, spare=0) as http:
+            await http.warm(engine.url, 20)
+            client = ClientOrchestrated("baseline", http, [engine.url], "default")
+            app = map_reduce_app("mr-0", seed=1, chunks=16, chunk_tokens=40, out=4)
+            other: list[float] = []
+            loop.call_soon(lambda: other.append(time.time()))
+            res = await client.run_app(app)
+            assert res.error is None and len(res.requests) == 17
+            maps = [r for r in res.requests if r.step != "reduce"]
+            assert len(maps) == 16 and all(r.issued is not None and r.issued < other[0] for r in maps)
+            reduce = next(r for r in res.requests if r.step == "reduce")
+            assert reduce.issued is not None and reduce.issued >= max(r.received for r in maps)
+
+    _run(go())
