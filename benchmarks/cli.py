@@ -100,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
                          "HARNESS:ENGINES:SYSTEMS (0:1:0)")
     hn.add_argument("--http-client", choices=("lean", "aiohttp"), default="lean",
                     help="the load generator's HTTP client (default lean: httptools over asyncio, "
-                         "~20 us per request; aiohttp to cross-check)")
+                         "~60 us per request; aiohttp to cross-check)")
     hn.add_argument("--max-lag-ms", type=float, default=5.0,
                     help="p99 harness lag (app start, step send) above which a system is not comparable")
     hn.add_argument("--max-cpu", type=float, default=0.7,

@@ -4,8 +4,10 @@ responses parsed by ``httptools`` (the C parser uvicorn uses).
 Why not aiohttp or httpx: a benchmark client must send a burst (16 maps of an app,
 73 submits of a DAG) without delaying its own requests. aiohttp spends ~150 us of
 Python per request before the bytes leave (httpx more), so the 16th map of a burst
-left ~2.4 ms after the first on an idle core; this client spends ~20 us (the
-request is one pre-formatted ``bytes`` write). It does only what the harness needs:
+left ~2.4 ms after the first on an idle core; this client spends ~60 us, a third
+of it in the kernel's loopback send (the request is one pre-formatted ``bytes``
+write, made at once by ``begin`` when an idle connection is at hand; measured
+against an in-process sink, 6 KB bodies). It does only what the harness needs:
 methods with a body or query, JSON in and out, and streamed bodies handed to a
 callback as they arrive (their arrival time is what time-to-first-token measures).
 

@@ -25,8 +25,10 @@ client (``issued``): ``send_lag_ms`` is the difference less the injected half
 round trip, i.e. the harness's own delay. A DAG step submitted before its
 inputs finished lost nothing, however late after the app's start it went out.
 The HTTP client (``httpclient``) writes each request as one pre-formatted buffer
-over a keep-alive pool, ~20 us of Python per request whatever the number in
-flight; ``issued`` is the moment its bytes are written.
+over a keep-alive pool, ~60 us per request whatever the number in flight; the
+steps ready at an app's start are written back to back before anything else runs
+(the 16 maps of an app leave within ~1 ms of its start); ``issued`` is the moment
+its bytes are written.
 """
 
 from __future__ import annotations
