@@ -149,6 +149,33 @@ def test_share_splits_capacity_and_budget_between_replicas() -> None:
     assert ids(t.schedule(0.0)) == ["b1", "b2"]
 
 
+def test_a_replica_expects_other_replicas_prefill_ahead_of_a_non_streamed_call() -> None:
+    """A call that does not stream ends its prefill by estimate. The engine prefills what
+    every replica sent, so with half of it sent by another replica (the engine's reported
+    load) the estimate doubles, at most to 1 / share; one replica's is unchanged, and a
+    speed learned from streamed first tokens (which holds the others already) is not scaled."""
+    def eta(share: float, external: int, learned: float = 0.0) -> float:
+        s = sched(capacity=64)
+        s.set_share(share, 0.0)
+        s.submit(job("w", 400, latency=False), 0.0)
+        s.schedule(0.0)
+        s.on_load("e0", 1 + external, 0, 0, 0.0)
+        s.submit(job("x", 600, latency=False), 0.0)
+        s.on_prefill_done("w", 0.0, observed=False)
+        if learned:
+            s._engines.get("e0").prefill_s_per_token = learned  # type: ignore[union-attr]
+        (d,) = s.schedule(0.0)
+        return d.prefill_eta_s
+
+    cfg = SchedulerConfig()
+    alone = eta(1.0, 0)
+    assert alone == 600 * cfg.prefill_s_per_token + cfg.decode_step_s
+    assert eta(1.0, 2) == alone  # one replica: the rest is other clients, not our budget's
+    assert eta(0.5, 2) == 2 * 600 * cfg.prefill_s_per_token + cfg.decode_step_s
+    assert eta(0.5, 0) == alone  # the other replica sends nothing now
+    assert eta(0.5, 2, learned=1e-4) == 600 * 1e-4 + cfg.decode_step_s
+
+
 def test_set_group_joins_queued_siblings_late() -> None:
     s = sched(engines=2, capacity=1)
     s.submit(job("busy0", 10), 0.0)
