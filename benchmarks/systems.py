@@ -99,6 +99,10 @@ class RequestTiming:
     """``issued - ready - rtt/2`` in wall ms: time the harness itself added."""
     first_token: float | None = None
     """Streamed requests: when the first content token arrived."""
+    server_ready: float | None = None
+    """Gateway DAG: when the gateway saw its inputs ready (the session graph's ``ready_at``)."""
+    server_queued: float | None = None
+    """Gateway DAG: when it was analysed and handed to the dispatcher (``queued_at``)."""
 
 
 @dataclass
@@ -508,6 +512,7 @@ class GatewayDag(_Client):
                 r.get("completion_tokens"), r.get("started_at"), finished, r.get("queued_ms"),
                 r.get("run_ms"), ready=ready, issued=sub.issued if sub else None,
                 send_lag_ms=lag, first_token=sub.first_token if sub else None,
+                server_ready=r.get("ready_at"), server_queued=r.get("queued_at"),
             ))
         return out or list(p.submits.values())
 
