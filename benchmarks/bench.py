@@ -97,7 +97,7 @@ class Bench:
         self.svc = svc
         self.log = log
         self.systems = [s for s in cfg.systems if (s != "sglang-router" or svc.router)
-                        and (not s.endswith("-2r") or svc.replicas)]
+                        and ("-2r" not in s or svc.replicas)]
         self.rtt_s = cfg.client_rtt_ms / 1000.0 * cfg.time_scale  # engine ms, scaled like the engines
         self.bound_cache: dict[str, Any] = {}
         self.verdicts: dict[str, dict[str, list[tuple[Reason, str]]]] = {}
@@ -132,7 +132,8 @@ class Bench:
         async with control_client() as ctl, make_client(self.cfg.http_client) as http:
             system = make_system(sname, http, engines=self.svc.engines, gateway=self.svc.gateway,
                                  router=self.svc.router, model=self.svc.model, rtt_s=self.rtt_s,
-                                 replicas=self.svc.replicas, variants=self.svc.variants)
+                                 replicas=self.svc.replicas, variants=self.svc.variants,
+                                 replicas_by_session=self.svc.replicas_by_session)
             await system.run_app(App("warmup", f"warmup-{sname}", (Step("w", "Say hello.", 2),), ("w",)))
             await system.finish()
             for url in system.targets:  # a burst that opens its connections sends late

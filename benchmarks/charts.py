@@ -15,7 +15,8 @@ from matplotlib import ticker  # noqa: E402
 COLORS = {"baseline": "#7f7f7f", "gateway-plain": "#1f77b4", "sglang-router": "#ff7f0e", "gateway": "#2ca02c",
           "gateway-2r": "#98df8a", "gateway-plain-2r": "#aec7e8", "gateway-fifo": "#d62728",
           "gateway-nogroups": "#9467bd", "gateway-nowindow": "#8c564b", "gateway-noadmission": "#e377c2",
-          "gateway-nogate": "#bcbd22", "gateway-window": "#c49c94"}
+          "gateway-nogate": "#bcbd22", "gateway-window": "#c49c94",
+          "gateway-2r-session": "#17becf"}
 
 
 def speedup_bars(summary: dict[str, Any], path: Path) -> Path:

@@ -224,7 +224,7 @@ def _run_workloads(args: argparse.Namespace, workloads: list[str], systems: list
             svc.start_gateway()
         if "sglang-router" in systems and not svc.start_router():
             console.print(f"[yellow]{svc.router_note}[/yellow]")
-        if any(s.endswith("-2r") for s in systems) and not svc.start_replicas(2):
+        if any("-2r" in s for s in systems) and not svc.start_replicas(2):
             console.print(f"[yellow]{svc.replicas_note}[/yellow]")
         from .systems import PLAIN_VARIANTS, VARIANTS
 

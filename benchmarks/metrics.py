@@ -126,7 +126,7 @@ class Thresholds:
 REPLICA_ROLES = ("gateway-r0", "gateway-r1")
 PROXY_ROLES: dict[str, tuple[str, ...]] = {
     "gateway": ("gateway",), "gateway-plain": ("gateway",), "sglang-router": ("smg",),
-    "gateway-2r": REPLICA_ROLES, "gateway-plain-2r": REPLICA_ROLES,
+    "gateway-2r": REPLICA_ROLES, "gateway-plain-2r": REPLICA_ROLES, "gateway-2r-session": REPLICA_ROLES,
     "gateway-fifo": ("gateway-fifo",), "gateway-nogroups": ("gateway-nogroups",),
     "gateway-nowindow": ("gateway-nowindow",), "gateway-window": ("gateway-window",),
     "gateway-noadmission": ("gateway-noadmission",),

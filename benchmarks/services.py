@@ -65,6 +65,7 @@ class Services:
     router: str | None = None
     router_note: str | None = None
     replicas: str | None = None  # HAProxy in front of gateway replicas (start_replicas)
+    replicas_by_session: str | None = None  # the same replicas, a session's requests to one
     variants: dict[str, str] = field(default_factory=dict)  # policy variant -> its gateway URL
     replicas_note: str | None = None
     model: str = "default"
@@ -145,15 +146,17 @@ class Services:
 
     def start_replicas(self, n: int = 2) -> bool:
         """``n`` more gateway replicas on the shared Redis, behind HAProxy round robin (the
-        Debian package; a real load balancer, as a deployment would have). False, with a
-        note, when HAProxy is not installed."""
+        Debian package; a real load balancer, as a deployment would have), and behind a
+        second HAProxy frontend that hashes ``X-Parrot-Session`` (consistent hashing; a
+        request without one goes round robin), so that a session's requests meet on one
+        replica. False, with a note, when HAProxy is not installed."""
         binary = shutil.which("haproxy")
         if binary is None:
             self.replicas_note = ("haproxy not found (apt-get install -y haproxy); "
                                   "the 2-replica systems are skipped")
             return False
         urls = [self.start_gateway(name=f"gateway-r{i}") for i in range(n)]
-        port = free_port()
+        port, port_by_session = free_port(), free_port()
         servers = "\n".join(f"    server r{i} {u.removeprefix('http://')}" for i, u in enumerate(urls))
         cfg = self.log_dir / "haproxy.cfg"
         cfg.write_text(
@@ -162,10 +165,16 @@ class Services:
             "    timeout server 900s\n    option http-keep-alive\n"
             f"frontend parrot\n    bind 127.0.0.1:{port}\n    default_backend replicas\n"
             f"backend replicas\n    balance roundrobin\n{servers}\n"
+            f"frontend parrot_by_session\n    bind 127.0.0.1:{port_by_session}\n"
+            "    default_backend replicas_by_session\n"
+            "backend replicas_by_session\n    balance hdr(X-Parrot-Session)\n    hash-type consistent\n"
+            f"{servers}\n"
         )
         proc = self._spawn("haproxy", [binary, "-f", str(cfg), "-db"])
         self.replicas = f"http://127.0.0.1:{port}"
         _wait_http(self.replicas + "/ready", proc, 30, "haproxy")
+        self.replicas_by_session = f"http://127.0.0.1:{port_by_session}"
+        _wait_http(self.replicas_by_session + "/ready", proc, 30, "haproxy")
         return True
 
     def start_variants(self, envs: dict[str, dict[str, str]]) -> None:

@@ -67,9 +67,11 @@ PLAIN_VARIANTS: dict[str, dict[str, str]] = {
     "gateway-plain-noinfer": {"PARROT_INFER_PROGRAMS": "false"},
 }
 SYSTEMS = ("baseline", "gateway-plain", "gateway", "sglang-router", "gateway-2r", "gateway-plain-2r",
+           "gateway-2r-session",
            *VARIANTS, *PLAIN_VARIANTS)
 # gateway-2r / gateway-plain-2r: the same clients through two gateway replicas (one Redis)
-# behind HAProxy round robin: what scale-out costs.
+# behind HAProxy round robin: what scale-out costs. gateway-2r-session: the same two replicas
+# behind a balancer that sends a session's requests to one replica (hashing X-Parrot-Session).
 JSON_HEADERS = {"Content-Type": "application/json"}
 
 
@@ -519,7 +521,7 @@ class GatewayDag(_Client):
 
 def make_system(name: str, http: Http, *, engines: list[str], gateway: str | None,
                 router: str | None, model: str, rtt_s: float, replicas: str | None = None,
-                variants: dict[str, str] | None = None) -> System:
+                variants: dict[str, str] | None = None, replicas_by_session: str | None = None) -> System:
     if name == "baseline":
         return ClientOrchestrated(name, http, engines, model, rtt_s)
     if name == "gateway-plain":
@@ -534,6 +536,9 @@ def make_system(name: str, http: Http, *, engines: list[str], gateway: str | Non
     if name == "gateway-2r":
         assert replicas
         return GatewayDag(name, http, url=replicas, model=model, rtt_s=rtt_s)
+    if name == "gateway-2r-session":
+        assert replicas_by_session
+        return GatewayDag(name, http, url=replicas_by_session, model=model, rtt_s=rtt_s)
     if name in PLAIN_VARIANTS:
         assert variants and name in variants
         return ClientOrchestrated(name, http, [variants[name]], model, rtt_s, engine_of_url=False)
