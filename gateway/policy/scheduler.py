@@ -449,7 +449,8 @@ class Scheduler:
         e.jobs.add(jid)
         self._engines.update(e, inflight=1, work=rec.work, kv=rec.kv)
         self._dispatched += 1
-        out.append(Dispatch(jid, e.name, priority, cached, placement.prefill_eta(e, rec.ahead, cfg, self._engines.share)))
+        eta = placement.prefill_eta(e, rec.ahead, cfg, self._engines.share)
+        out.append(Dispatch(jid, e.name, priority, cached, eta))
 
     def _learn_prefill_speed(self, rec: _Rec, now: float) -> None:
         """Seconds per prefilled token as this engine really delivers them (queueing,
