@@ -68,7 +68,7 @@ def test_workloads_are_valid_dags(name: str) -> None:
 
 def test_full_sizes_follow_the_paper_shapes() -> None:
     chain = build_workload("chain", "full").apps[0]
-    assert len(chain.steps) == 20 and chain.steps[-1].inputs == ["s18"]
+    assert len(chain.steps) == 20 and chain.steps[-1].inputs == ("s18",)
     mr = build_workload("map-reduce", "full").apps[0]
     assert len(mr.steps) == 17 and len(mr.step("reduce").inputs) == 16
     assert 990 <= count_tokens(mr.steps[0].user) <= 1040
