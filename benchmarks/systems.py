@@ -305,12 +305,19 @@ class ClientOrchestrated(_Client):
         first: dict[str, tuple[str, float, _Sent]] = {}
         if self.half_rtt:
             await asyncio.sleep(self.half_rtt)
-        for step in app.steps:
-            if not deps[step.name]:
-                url = next(self._rr)
-                body = chat_body(step, self.model, app.tenant, values)
-                first[step.name] = (url, time.time(), self.begin(
-                    "POST", url + "/v1/chat/completions", body, stream=step.stream))
+        try:
+            for step in app.steps:
+                if not deps[step.name]:
+                    url = next(self._rr)
+                    body = chat_body(step, self.model, app.tenant, values)
+                    first[step.name] = (url, time.time(), self.begin(
+                        "POST", url + "/v1/chat/completions", body, stream=step.stream))
+        except Exception as exc:  # noqa: BLE001 - reported per app, the run goes on
+            for _, _, sent_call in first.values():
+                await asyncio.gather(sent_call.response, return_exceptions=True)  # free their connections
+            res.error = f"{type(exc).__name__}: {exc}"
+            res.end = time.time()
+            return res
 
         async def run_step(step: Step) -> None:
             for name in deps[step.name]:

@@ -151,3 +151,26 @@ def test_an_apps_ready_steps_leave_back_to_back(engine: UvicornThread) -> None:
             assert reduce.issued is not None and reduce.issued >= max(r.received for r in maps)
 
     _run(go())
+
+
+def test_an_app_whose_send_fails_is_reported_not_raised(engine: UvicornThread) -> None:
+    """A step that cannot even be sent fails its app (the run goes on); the steps already
+    written are awaited, so their connections go back to the pool."""
+    async def go() -> None:
+        async with HttpClient(keepalive_s=60, spare=0) as http:
+            await http.warm(engine.url, 4)
+            client = ClientOrchestrated("baseline", http, [engine.url], "default")
+            sends = 0
+
+            def before_send() -> None:
+                nonlocal sends
+                sends += 1
+                if sends == 3:
+                    raise RuntimeError("cannot send")
+
+            client.before_send = before_send  # type: ignore[method-assign]
+            res = await client.run_app(map_reduce_app("mr-1", seed=2, chunks=4, chunk_tokens=20, out=2))
+            assert res.error is not None and "cannot send" in res.error
+            assert len(http._idle[next(iter(http._idle))]) == 4  # both sent ones came back
+
+    _run(go())
