@@ -313,8 +313,8 @@ class ClientOrchestrated(_Client):
                     first[step.name] = (url, time.time(), self.begin(
                         "POST", url + "/v1/chat/completions", body, stream=step.stream))
         except Exception as exc:  # noqa: BLE001 - reported per app, the run goes on
-            for _, _, sent_call in first.values():
-                await asyncio.gather(sent_call.response, return_exceptions=True)  # free their connections
+            # Await the steps already written, so that their connections go back to the pool.
+            await asyncio.gather(*(c.response for _, _, c in first.values()), return_exceptions=True)
             res.error = f"{type(exc).__name__}: {exc}"
             res.end = time.time()
             return res

@@ -86,7 +86,7 @@ def prefill_eta(e: EngineState, ahead: int, cfg: SchedulerConfig, share: float =
         return ahead * e.prefill_s_per_token + cfg.decode_step_s
     mine = max(1, e.inflight)
     others = min(1.0 / share, (mine + e.external_reqs) / mine)
-    return ahead * cfg.prefill_s_per_token * max(1.0, others) + cfg.decode_step_s
+    return ahead * cfg.prefill_s_per_token * others + cfg.decode_step_s
 
 
 def age_bonus(job: Job, now: float, cfg: SchedulerConfig) -> int:

@@ -401,7 +401,7 @@ class SessionStore:
         """
         keys = self.keys(tenant, session)
         deleted = await self._eval(scripts.DELETE, 4, *keys.data, keys.channel,
-                                         Event(tenant, session, "deleted").encode())
+                                   Event(tenant, session, "deleted").encode())
         self._wake_here(tenant, session, [(None, "deleted")])
         return int(deleted) > 0
 
