@@ -38,7 +38,7 @@ PROCESSES = {
     "parrot-gateway": "client -> parrot-gateway (1 uvicorn worker process, asyncio) + redis-server "
                       "(1 process) -> engine",
     "parrot-gateway-2w": "client -> parrot-gateway --workers 2 (supervisor + 2 worker processes, one "
-                         "port, each a replica) + the same redis-server -> engine",
+                         "port, each a replica) + its own redis-server -> engine",
     "sglang-router": "client -> smg (1 process, Rust/tokio, worker threads = cores) -> engine",
     "litellm": "client -> litellm proxy (1 uvicorn worker process) -> engine",
 }
@@ -168,7 +168,8 @@ def run_overhead(out: Path, concurrency: int = 16, requests: int = 400, profile:
             log(f"[overhead] {name}: {requests} requests at concurrency {concurrency} ...")
             headers = {"Authorization": f"Bearer {LITELLM_KEY}"} if name == "litellm" else None
             proxy = pids.get(roles.get(name, ""))
-            redis = pids.get("redis") if name.startswith("parrot") else None
+            redis = (pids.get("redis" if name == "parrot-gateway" else f"redis-{roles[name]}")
+                     if name.startswith("parrot") else None)
             before = (cpu_seconds(proxy), cpu_seconds(redis))
             m = asyncio.run(load(target, svc.model, concurrency, requests, headers=headers))
             after = (cpu_seconds(proxy), cpu_seconds(redis))

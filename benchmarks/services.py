@@ -71,6 +71,8 @@ class Services:
     model: str = "default"
     model_path: str | None = None
     redis: RedisServer | None = None
+    """The first gateway's Redis; every other group of gateways gets its own (`start_gateway`)."""
+    group_redis: dict[str, RedisServer] = field(default_factory=dict)
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     cpus: tuple[int, ...] | None = None
     """``pin()`` moves the engines to these CPUs, and the systems under test (gateway, redis,
@@ -127,14 +129,23 @@ class Services:
                 continue
 
     def start_gateway(self, extra: list[str] | None = None, name: str = "gateway",
-                      env: dict[str, str] | None = None) -> str:
-        """A parrot-gateway process over the engines and the shared Redis (``env``: its
-        ``PARROT_*`` settings); its URL. The first one started is ``self.gateway``."""
-        if self.redis is None:
-            self.redis = RedisServer().start()
+                      env: dict[str, str] | None = None, group: str | None = None) -> str:
+        """A parrot-gateway process over the engines (``env``: its ``PARROT_*`` settings);
+        its URL. The first one started is ``self.gateway``. Gateways of one ``group``
+        (default: its name) share a Redis and are replicas of one deployment; each group
+        has its own redis-server, so systems under test never see each other as replicas
+        (a replica holds 1 / live replicas of every engine: an idle gateway of another
+        system on the same Redis would take a share of the one measured)."""
+        group = group or name
+        redis = self.group_redis.get(group)
+        if redis is None:
+            redis = RedisServer().start()
+            if self.redis is None:
+                self.redis = redis
+            self.group_redis[group] = redis
         port = free_port()
         cmd = [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-               "--redis", self.redis.url, "--backend-kind", "sglang", "--log-level", "warning"]
+               "--redis", redis.url, "--backend-kind", "sglang", "--log-level", "warning"]
         for u in self.engines:
             cmd += ["--backend", u]
         proc = self._spawn(name, cmd + list(extra or []), env)
@@ -155,7 +166,7 @@ class Services:
             self.replicas_note = ("haproxy not found (apt-get install -y haproxy); "
                                   "the 2-replica systems are skipped")
             return False
-        urls = [self.start_gateway(name=f"gateway-r{i}") for i in range(n)]
+        urls = [self.start_gateway(name=f"gateway-r{i}", group="replicas") for i in range(n)]
         port, port_by_session = free_port(), free_port()
         servers = "\n".join(f"    server r{i} {u.removeprefix('http://')}" for i, u in enumerate(urls))
         cfg = self.log_dir / "haproxy.cfg"
@@ -222,14 +233,16 @@ class Services:
                 set_process_affinity(p, cpus)
 
     def pids(self) -> dict[str, int]:
-        """Service processes by role (``engine0``..., ``gateway``, ``smg``, ``redis``)."""
+        """Service processes by role (``engine0``..., ``gateway``, ``smg``, ``redis``: the
+        first gateway's, ``redis-<group>``: another group's)."""
         out = {}
         for name, proc in self.procs:
             role = f"engine{name[3:]}" if name.startswith("sim") else name
             if proc.poll() is None:
                 out[role] = proc.pid
-        if self.redis is not None and self.redis.proc is not None:
-            out["redis"] = self.redis.proc.pid
+        for group, redis in self.group_redis.items():
+            if redis.proc is not None:
+                out["redis" if redis is self.redis else f"redis-{group}"] = redis.proc.pid
         return out
 
     # -------------------------------------------------------------- engine control
@@ -276,9 +289,10 @@ class Services:
         for log in self._logs:
             log.close()
         self._logs.clear()
-        if self.redis is not None:
-            self.redis.cleanup()
-            self.redis = None
+        for redis in self.group_redis.values():
+            redis.cleanup()
+        self.group_redis.clear()
+        self.redis = None
 
     def __enter__(self) -> Services:
         return self

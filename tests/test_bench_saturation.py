@@ -122,6 +122,30 @@ def test_services_and_harness_are_pinned_and_the_harness_restored(tmp_path: Path
     assert plan.to_json()["harness_realtime"] is False
 
 
+@pytest.mark.timeout(90)
+def test_systems_under_test_are_not_each_others_replicas(tmp_path: Path) -> None:
+    """A replica holds 1 / live replicas of every engine, so a gateway of another system
+    registered on the same Redis would cut the measured one's share: each group of
+    gateways gets its own redis-server; the replicas of one group share theirs."""
+    import redis
+
+    from benchmarks.services import Services
+
+    with Services(tmp_path) as svc:
+        svc.start_engines(1, "h100-llama3-8b", 0.05)
+        svc.start_gateway()
+        svc.start_gateway(name="gateway-fifo")
+        for i in range(2):
+            svc.start_gateway(name=f"gateway-r{i}", group="replicas")
+        pids = svc.pids()
+        assert {"redis", "redis-gateway-fifo", "redis-replicas"} <= set(pids)
+        members = {}
+        for group, server in svc.group_redis.items():
+            with redis.Redis.from_url(server.url) as r:
+                members[group] = r.zcard("parrot:replicas")
+        assert members == {"gateway": 1, "gateway-fifo": 1, "replicas": 2}
+
+
 def _app(kind: str, start: float, end: float, out: int, first: float | None = None) -> AppResult:
     req = RequestTiming("a", "s", kind, start, end, issued=start, ready=start, send_lag_ms=0.0,
                         first_token=first)
