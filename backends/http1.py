@@ -201,10 +201,12 @@ class HttpClient:
             left = c.last_read + limit - time.monotonic()
             if left <= 0:
                 raise ReadTimeout(f"no answer for {limit:g} s")
-            try:
-                return await asyncio.wait_for(asyncio.shield(fut), left)
-            except asyncio.TimeoutError:
-                continue  # bytes may have come meanwhile: re-check the silence
+            # asyncio.wait, not wait_for: before 3.12 wait_for swallows a cancellation
+            # that lands as ``fut`` completes, and the cancelled caller reads on.
+            await asyncio.wait((fut,), timeout=left)
+            if fut.done():
+                return fut.result()
+            # timed out: bytes may have come meanwhile, re-check the silence
 
     async def _send(self, method: str, url: str, body: bytes | None,
                     headers: dict[str, str] | None, on_chunk: Chunk | None,
@@ -261,11 +263,16 @@ class HttpClient:
             clean = False
             try:
                 while True:
-                    if queue.empty():
+                    if queue.empty():  # (asyncio.wait: see _wait)
+                        getter = asyncio.ensure_future(queue.get())
                         try:
-                            item = await asyncio.wait_for(queue.get(), self.read_timeout)
-                        except asyncio.TimeoutError:
-                            raise ReadTimeout(f"no bytes for {self.read_timeout:g} s") from None
+                            got, _ = await asyncio.wait((getter,), timeout=self.read_timeout)
+                        finally:
+                            if not getter.done():
+                                getter.cancel()
+                        if not got:
+                            raise ReadTimeout(f"no bytes for {self.read_timeout:g} s")
+                        item = getter.result()
                     else:
                         item = queue.get_nowait()
                     if item is None:

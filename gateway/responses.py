@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from common.errors import ParrotError
 from common.serving import finished_before_disconnect
@@ -50,11 +52,12 @@ def sse(data: Any) -> bytes:
 
 async def sse_stream(chunks: AsyncIterator[JSON]) -> AsyncIterator[bytes]:
     """Encode chunks as SSE; a failure after the headers went out becomes an error event."""
-    try:
-        async for chunk in chunks:
-            yield sse(chunk)
-    except ParrotError as exc:
-        yield sse(exc.body())
+    async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+        try:
+            async for chunk in chunks:
+                yield sse(chunk)
+        except ParrotError as exc:
+            yield sse(exc.body())
     yield SSE_DONE
 
 
@@ -66,9 +69,10 @@ async def primed(chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _no_chunks()
 
     async def rest() -> AsyncIterator[Any]:
-        yield first
-        async for c in chunks:
-            yield c
+        async with contextlib.aclosing(chunks):  # type: ignore[type-var]
+            yield first
+            async for c in chunks:
+                yield c
 
     return rest()
 
@@ -78,5 +82,19 @@ async def _no_chunks() -> AsyncIterator[Any]:
     yield  # pragma: no cover
 
 
+class ClosingStreamingResponse(StreamingResponse):
+    """Closes its body iterator when the response ends, however it ends. Starlette leaves
+    a stream the client left suspended until garbage collection (with a traceback cycle,
+    seconds later); closing it now runs the producers' ``finally``, which cancels the
+    engine call nobody reads any more."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.body_iterator.aclose()  # type: ignore[attr-defined]
+
+
 def streaming(chunks: AsyncIterator[JSON]) -> StreamingResponse:
-    return StreamingResponse(sse_stream(chunks), media_type="text/event-stream", headers=SSE_HEADERS)
+    return ClosingStreamingResponse(sse_stream(chunks), media_type="text/event-stream",
+                                    headers=SSE_HEADERS)

@@ -13,7 +13,7 @@ another tenant's id is a 404.
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from common.errors import NotFound
@@ -23,7 +23,7 @@ from . import program_routes as programs
 from . import responses_semantic, session_http
 from .openai_routes import gateway_of
 from .response_store import StoredResponse
-from .responses import CLIENT_CLOSED, SSE_HEADERS, primed, unless_client_left
+from .responses import CLIENT_CLOSED, SSE_HEADERS, ClosingStreamingResponse, primed, unless_client_left
 from .responses_schema import parse_responses_body
 from .responses_translate import from_chat
 from .responses_turn import Turn
@@ -52,8 +52,9 @@ async def create(request: Request) -> Response:
     if req.stream:
         t = programs.tracker(gw, placement, "chat")
         chunks = gw.completions.stream("chat", turn.chat, turn.ctx, on_start=t.on_start, on_usage=t.on_usage)
-        return StreamingResponse(turn.events(await primed(t.follow(chunks))), media_type="text/event-stream",
-                                 headers={**SSE_HEADERS, **(programs.headers_of(placement) or {})})
+        return ClosingStreamingResponse(
+            turn.events(await primed(t.follow(chunks))), media_type="text/event-stream",
+            headers={**SSE_HEADERS, **(programs.headers_of(placement) or {})})
     outcome = await unless_client_left(request, gw.completions.complete("chat", turn.chat, turn.ctx))
     if outcome is None:
         return Response(status_code=CLIENT_CLOSED)

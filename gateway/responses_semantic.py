@@ -18,7 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 
 from analysis.placeholders import scan_messages
 from common.errors import ParrotError
@@ -26,7 +26,7 @@ from common.ids import is_session_id
 from common.serving import finished_before_disconnect
 
 from . import session_http
-from .responses import CLIENT_CLOSED, SSE_HEADERS, primed
+from .responses import CLIENT_CLOSED, SSE_HEADERS, ClosingStreamingResponse, primed
 from .responses_translate import from_chat
 from .responses_turn import Turn
 from .session_runner import Run, Submission
@@ -60,8 +60,8 @@ async def create(gw: Gateway, request: Request, principal: Principal, turn: Turn
     if turn.req.stream:
         chunks = await primed(await gw.sessions.open_stream(run))
         ready = {"parrot": session_http.parrot_info(run.rec, "ready")}
-        return StreamingResponse(turn.events(chunks, ready), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
+        return ClosingStreamingResponse(turn.events(chunks, ready), media_type="text/event-stream",
+                                        headers=SSE_HEADERS)
     task = gw.sessions.start(run, detached=h.is_async)
     if h.is_async:
         pending = {**turn.base, "parrot": session_http.parrot_info(run.rec, "pending")}

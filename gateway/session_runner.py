@@ -92,13 +92,9 @@ class SessionRunner:
         self._work: dict[str, tuple[RequestRecord, asyncio.Task[Any]]] = {}  # rid -> run
         self._queued: dict[tuple[str, str], dict[str, None]] = {}  # session -> queued rids
         self._background: set[asyncio.Task[Any]] = set()
-        # Requests stopped without being settled: their work stays recorded for another
-        # replica to adopt (drain with peers alive), or another replica adopted them.
-        self._handed: set[str] = set()
+        self._handed: set[str] = set()  # stopped unsettled: left to (or taken by) another replica
         self.handed_over = 0  # requests left to other replicas at drain
-        # Requests this replica must settle (id -> tenant, session): accepted or adopted
-        # here and not yet settled or handed over.
-        self.live: dict[str, tuple[str, str]] = {}
+        self.live: dict[str, tuple[str, str]] = {}  # id -> (tenant, session) to settle here
 
     # -- submission ------------------------------------------------------------------
     async def register(self, sub: Submission) -> Run:
@@ -510,20 +506,22 @@ class SessionRunner:
         async def chunks() -> AsyncIterator[JSON]:
             finished = False
             try:
-                while True:
-                    item = await queue.get()
-                    if item is done:
-                        finished = True
-                        return
+                while (item := await queue.get()) is not done:
                     if isinstance(item, BaseException):
                         finished = True
                         raise item
                     yield item
+                finished = True
             finally:
-                if not finished and not await self.needed(rec):
-                    task.cancel()
+                if not finished:  # the reader left; decided in a task: an await here would be
+                    # cancelled too under Starlette's disconnect scope, the engine call run on unread
+                    self._background_task(self._cancel_unless_needed(rec, task))
 
         return chunks()
+
+    async def _cancel_unless_needed(self, rec: RequestRecord, task: asyncio.Task[Any]) -> None:
+        if not await self.needed(rec):
+            task.cancel()
 
     async def needed(self, rec: RequestRecord) -> bool:
         """Is this request's output consumed by another request of the session?"""

@@ -242,6 +242,17 @@ def test_disconnects_abort_engine_work(slow: tuple[UvicornThread, UvicornThread,
             assert wait_until(lambda: engine_load(engine.url) == 1, 3)
     assert wait_until(lambda: engine_load(engine.url) == 0, 3), "stream not aborted"
 
+    # semantic stream whose output nobody consumes: closing it aborts the engine call too
+    # (not seconds later, when garbage collection would finalize the abandoned generators)
+    with httpx.Client(base_url=gw.url, timeout=30) as c:
+        with c.stream("POST", CHAT, json={**LONG, "stream": True},
+                      headers={"X-Parrot-Session": "d0"}) as r:
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            next(lines)
+            assert wait_until(lambda: engine_load(engine.url) == 1, 3)
+    assert wait_until(lambda: engine_load(engine.url) == 0, 3), "semantic stream not aborted"
+
     # non-streaming: the client gives up; the gateway notices and cancels the engine call
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(gw.url + CHAT, json=LONG, timeout=0.5)

@@ -139,3 +139,33 @@ def test_a_server_that_closes_at_once_fails_fast_instead_of_hanging() -> None:
             srv.close()
 
     asyncio.run(main())
+
+
+def test_a_reader_cancelled_as_a_chunk_lands_stops(server: str) -> None:
+    """Before Python 3.12, asyncio.wait_for swallows a cancellation that arrives in the
+    tick its inner future completes: a stream reader cancelled as a chunk came in read on,
+    and the engine kept generating for nobody. Here a chunk lands and the reader is
+    cancelled in one tick: it must stop, and its connection close."""
+
+    async def main() -> None:
+        c = HttpClient()
+        try:
+            _, _, chunks = await c.stream("GET", server + "/sse?n=2&delay=5")  # silent 5 s
+            got: list[bytes] = []
+
+            async def read() -> None:
+                async for chunk in chunks:
+                    got.append(chunk)
+
+            reader = asyncio.ensure_future(read())
+            await asyncio.sleep(0.05)  # the reader waits for the first chunk
+            (conn,) = c._all
+            conn.data_received(b"6\r\ninject\r\n")  # a chunk arrives ...
+            reader.cancel()  # ... and the reader is cancelled, in the same tick
+            done, _ = await asyncio.wait((reader,), timeout=2)
+            assert done and reader.cancelled(), "the cancelled reader read on"
+            assert not c._all  # its connection was closed
+        finally:
+            await c.close()
+
+    asyncio.run(main())
