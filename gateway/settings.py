@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -59,7 +61,9 @@ class Settings(BaseModel):
     engine_timeout_s: float = Field(600.0, gt=0, description="Engine read timeout.")
     health_interval_s: float = Field(2.0, gt=0, description="Engine health-check period.")
     max_inflight_per_engine: int | None = Field(
-        None, description="Cap on in-flight requests per engine (default: engine's capacity)."
+        128, ge=1, description="Cap on requests in flight per engine, all replicas together "
+        "(null: the engine's own cap). Work beyond it waits here in application order instead "
+        "of widening the engine's batch, whose every decode step slows with the KV it reads.",
     )
     engine_streaming: bool = Field(
         False,
@@ -141,6 +145,14 @@ class Settings(BaseModel):
     replica_ttl_s: float = Field(
         3.0, gt=0, description="A replica silent this long is dead; its work is adopted."
     )
+    forward_sessions: bool = Field(
+        True, description="Relay a session's request to the live replica that owns the session "
+        "(rendezvous hash of its id), so one scheduler sees each whole application.",
+    )
+    advertise_url: str | None = Field(
+        None, description="URL other replicas relay a session's requests to; empty: "
+        "http://<host>:<port>, with this machine's address when bound to all interfaces.",
+    )
     # lifecycle
     drain_timeout_s: float = Field(30.0, ge=0, description="Grace period on SIGTERM.")
     workers: int = Field(
@@ -168,6 +180,21 @@ class Settings(BaseModel):
     )
     ui_link_ttl_s: int = Field(900, ge=10, le=86400, description="Lifetime of a signed view link.")
     ui_recent_sessions: int = Field(200, ge=1, le=10000, description="Sessions /ui lists per tenant.")
+
+    def peer_url(self, port: int | None = None) -> str:
+        """Where other replicas reach this one: ``advertise_url``, or one made of the bound
+        address (this machine's when bound to all interfaces) and ``port``."""
+        if self.advertise_url and port is None:
+            return self.advertise_url.rstrip("/")
+        host = urlsplit(self.advertise_url).hostname if self.advertise_url else self.host
+        if not host or host in ("0.0.0.0", "::"):
+            try:
+                host = socket.gethostbyname(socket.gethostname())
+            except OSError:
+                host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port if port is None else port}"
 
     @field_validator("backend", mode="before")
     @classmethod
