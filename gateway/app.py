@@ -1,6 +1,6 @@
 """The app factory: routes, middleware and lifespan around a built ``Gateway`` (wiring.py).
 
-    request → middleware (request id, metrics) → routes (openai_routes,
+    request → middleware (session forwarding, request id, metrics) → routes (openai_routes,
     session_routes, health) → sessions (semantic variables) / completions →
     scheduler (pure policy) → engine pool → backends
 """
@@ -26,6 +26,7 @@ from backends.base import Engine
 from common.errors import ParrotError
 
 from . import generate_route, logs, openai_routes, program_routes, responses_api, session_routes, tracing
+from .forwarding import SessionForwarding
 from .intake import IntakeGate
 from .metrics import Metrics
 from .settings import Settings
@@ -170,12 +171,14 @@ def create_app(
     redis_url: str | None = None,
     gateway: Gateway | None = None,
     tracer_provider: TracerProvider | None = None,
+    peer_url: str | None = None,
 ) -> Starlette:
     """The gateway's ASGI app. ``tracer_provider`` (tests) stands in for the one built from
-    the OTEL_* variables when tracing is on."""
+    the OTEL_* variables when tracing is on; ``peer_url``: where other replicas reach this
+    one (default ``settings.peer_url()``)."""
     settings = settings or Settings()
     gw = gateway or build_gateway(settings, engines=engines, redis_url=redis_url,
-                                  tracer_provider=tracer_provider)
+                                  tracer_provider=tracer_provider, peer_url=peer_url)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -215,6 +218,9 @@ def create_app(
     if gw.tracing.middleware is not None:  # inside the request-id middleware: it sees the id
         app.add_middleware(gw.tracing.middleware, tracing=gw.tracing, route_of=_route_label)
     app.add_middleware(RequestIdMiddleware, metrics=gw.metrics)
+    # outermost: a relayed request is counted, limited and traced where it is served
+    app.add_middleware(SessionForwarding, membership=gw.membership, client=gw.peers,
+                       metrics=gw.metrics, enabled=gw.settings.forward_sessions)
     return app
 
 

@@ -62,6 +62,10 @@ def serve(args: argparse.Namespace) -> int:
             from .workers import run_workers
 
             return run_workers(settings, settings.workers)
+        from .workers import bind
+
+        sock = bind(settings.host, settings.port)  # bound first: port 0 gets its number here
+        settings = settings.model_copy(update={"port": sock.getsockname()[1]})
         app = create_app(settings)
         tune_gc()
         config = uvicorn.Config(
@@ -74,7 +78,10 @@ def serve(args: argparse.Namespace) -> int:
             access_log=False,
             log_config=None,  # uvicorn's own lines go through our handler (text or JSON)
         )
-        draining_server(config, app.state.gateway).run()
+        try:
+            draining_server(config, app.state.gateway).run(sockets=[sock])
+        finally:
+            sock.close()
     finally:
         embedded.stop()
     return 0

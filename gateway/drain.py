@@ -15,9 +15,9 @@ def draining_server(config: Any, gateway: Any = None) -> Any:
     """uvicorn, with SIGTERM/SIGINT meaning 'drain, then exit 0'.
 
     First signal: readiness turns false (``/ready`` answers 503, so a load
-    balancer stops sending) while the listener stays open and in-flight HTTP
-    requests and background semantic requests run on; once they are done, or
-    ``drain_timeout_s`` has passed, uvicorn's graceful shutdown closes the
+    balancer stops sending, and peers stop relaying sessions' requests here) while the
+    listener stays open and in-flight HTTP requests and background semantic requests
+    run on; once they are done, or ``drain_timeout_s`` has passed, uvicorn's graceful shutdown closes the
     listener and the lifespan drains what is left. A second signal skips the
     wait. uvicorn re-raises a captured signal after its graceful shutdown, which
     would make the process die of SIGTERM; the SPEC wants a clean exit instead.
@@ -40,6 +40,8 @@ def draining_server(config: Any, gateway: Any = None) -> Any:
             return len(self.server_state.tasks) + len(getattr(gateway.sessions, "_tasks", ()))
 
         async def on_tick(self, counter: int) -> bool:
+            if self.drain_started is not None and gateway.membership.url is not None:
+                await gateway.membership.withdraw()  # peers stop relaying sessions here
             if self.drain_started is not None and not self.should_exit:
                 left = gateway.settings.drain_timeout_s - (time.monotonic() - self.drain_started)
                 if self._busy() == 0 or left <= 0:

@@ -87,6 +87,13 @@ class Metrics:
             "Semantic requests taken over from dead replicas", registry=r,
         )
 
+        self.forwarded = Counter(
+            "parrot_forwarded_requests_total",
+            "Session requests this replica relayed to the session's owner, by outcome "
+            "(forwarded, owner_unreachable: served here instead, owner_lost, client_gone)",
+            ["outcome"], registry=r,
+        )
+
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._usage = tuple(self.tokens.labels(k) for k in ("prompt", "cached", "completion"))
 

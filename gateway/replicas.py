@@ -15,6 +15,11 @@ their work (gateway/work.py) and calls `forget`.
     ...
     await membership.stop()                    # leave at once (a clean shutdown)
 
+A replica that others may forward requests to (gateway/forwarding.py) publishes its
+URL in a hash, ``<prefix>:replica_urls``, on each heartbeat, and reads everyone's:
+``targets`` are the live replicas with a URL. A draining replica ``withdraw``s its
+URL first, so peers stop sending it work while it finishes what it has.
+
 A replica adopts nothing until it has been connected for ``ttl_s`` without a
 break: after a Redis outage every replica's lease looks expired for a moment,
 and the others must get a chance to renew before anyone is declared dead.
@@ -87,6 +92,7 @@ class Membership:
         replica_id: str | None = None,
         heartbeat_s: float = 0.5,
         ttl_s: float = 3.0,
+        url: str | None = None,
     ) -> None:
         if ttl_s <= heartbeat_s:
             raise ValueError("ttl_s must exceed heartbeat_s")
@@ -95,6 +101,9 @@ class Membership:
         self.id = replica_id or new_replica_id()
         self.heartbeat_s = heartbeat_s
         self.ttl_s = ttl_s
+        self.url = url  # where peers reach this replica; None: it takes no forwarded work
+        self.urls_key = f"{prefix}:replica_urls"
+        self.urls: dict[str, str] = {}  # replica -> URL, as last read
         self.live: list[str] = [self.id]  # sorted; this replica counts itself until told
         self.dead: list[str] = []  # leases expired, work not yet adopted
         self.on_change: list[ChangeListener] = []
@@ -110,6 +119,19 @@ class Membership:
         """This replica's fair share of shared capacity: 1 / live replicas."""
         return 1.0 / max(1, len(self.live))
 
+    @property
+    def targets(self) -> list[str]:
+        """Live replicas that take forwarded requests (sorted; may be empty)."""
+        return [r for r in self.live if r in self.urls]
+
+    async def withdraw(self) -> None:
+        """Take no more forwarded work (draining): peers drop us from ``targets`` on their
+        next heartbeat."""
+        self.url = None
+        self.urls.pop(self.id, None)
+        with contextlib.suppress(*REDIS_ANY):
+            await self._redis.hdel(self.urls_key, self.id)
+
     async def start(self) -> None:
         """Register (one heartbeat, errors logged) and keep renewing in the background."""
         await self.beat()
@@ -122,14 +144,14 @@ class Membership:
         removes this replica outright (nothing is left to adopt)."""
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            task.cancel()  # the loop also ends at its next turn, should a Redis call eat this
+            await asyncio.wait((task,), timeout=self.ttl_s)
         for t in list(self._adopting.values()):
             t.cancel()
         await asyncio.gather(*self._adopting.values(), return_exceptions=True)
         if leave:
             with contextlib.suppress(*REDIS_ANY):
+                await self._redis.hdel(self.urls_key, self.id)
                 if forget:
                     await self._redis.zrem(self.key, self.id)
                 else:
@@ -137,12 +159,16 @@ class Membership:
 
     async def forget(self, replica: str) -> bool:
         """Drop a dead replica whose work has been adopted (no-op if it came back)."""
-        return bool(await self._redis.eval(_FORGET, 1, self.key, replica))
+        gone = bool(await self._redis.eval(_FORGET, 1, self.key, replica))
+        if gone:
+            await self._redis.hdel(self.urls_key, replica)
+        return gone
 
     async def _loop(self) -> None:
-        while True:
+        while self._task is not None:
             await asyncio.sleep(self.heartbeat_s)
-            await self.beat()
+            if self._task is not None:
+                await self.beat()
 
     async def beat(self) -> None:
         """Renew the lease, refresh the live set, notify listeners, start adoptions."""
@@ -153,6 +179,7 @@ class Membership:
                 log.warning("replica %s: heartbeat failed (%r)", self.id, exc)
             self._connected_since = None
             return
+        await self._publish()
         mono = time.monotonic()
         now = float(_s(answer[0]))
         prev = _s(answer[1])
@@ -180,6 +207,19 @@ class Membership:
                 if dead not in self._adopting:
                     self._adopting[dead] = asyncio.create_task(
                         self._adopt(dead), name=f"parrot-adopt:{dead}")
+
+    async def _publish(self) -> None:
+        """Write our URL (again: Redis may have restarted empty) and read everyone's."""
+        try:
+            if self.url is not None:
+                await self._redis.hset(self.urls_key, self.id, self.url)
+            else:  # withdrawn (a beat under way then may have written it back)
+                await self._redis.hdel(self.urls_key, self.id)
+            urls = await self._redis.hgetall(self.urls_key)
+        except Exception as exc:  # keep the URLs we had; the next beat tries again
+            log.debug("replica %s: reading peers' URLs failed (%r)", self.id, exc)
+            return
+        self.urls = {_s(k): _s(v) for k, v in urls.items()}
 
     async def _adopt(self, dead: str) -> None:
         try:

@@ -63,8 +63,10 @@ def start_gateway(redis_url: str, engine_urls: list[str], **overrides: Any) -> U
         "backend": engine_urls, "redis": redis_url, "health_interval_s": 0.5, "drain_timeout_s": 5.0,
     }
     values.update(overrides)
+    values["port"] = values.get("port") or free_port()  # known before the app: peers relay to it
     settings = Settings(**values)
-    return UvicornThread(create_app(settings), timeout_keep_alive=int(settings.keep_alive_s)).start()
+    return UvicornThread(create_app(settings), port=settings.port,
+                         timeout_keep_alive=int(settings.keep_alive_s)).start()
 
 
 def start_stack(

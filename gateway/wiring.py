@@ -22,6 +22,7 @@ from redis.asyncio.cluster import RedisCluster
 from starlette.requests import Request
 
 from backends.base import Engine
+from backends.http1 import HttpClient
 from backends.sglang import make_engine
 from common.errors import ParrotError
 
@@ -102,6 +103,7 @@ class Gateway:
     responses: ResponseStore
     index: SessionIndex
     tracing: Tracing
+    peers: HttpClient = field(default_factory=HttpClient)  # relays to session owners (forwarding.py)
     draining: bool = False
     _loops: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -132,6 +134,7 @@ class Gateway:
         await self.programs.store.stop()
         await self.pool.stop()
         await self.notifier.stop()
+        await self.peers.close()
         await self.redis.aclose()
         await asyncio.to_thread(self.tracing.shutdown)  # flushes spans not yet exported
 
@@ -168,10 +171,11 @@ def tracing_of(settings: Settings, provider: TracerProvider | None = None) -> Tr
 
 def build_gateway(
     settings: Settings, *, engines: list[Engine] | None = None, redis_url: str | None = None,
-    tracer_provider: TracerProvider | None = None,
+    tracer_provider: TracerProvider | None = None, peer_url: str | None = None,
 ) -> Gateway:
     """``tracer_provider`` (tests) replaces the one built from the OTEL_* variables when
-    tracing is on."""
+    tracing is on; ``peer_url``: where other replicas reach this one (default
+    ``settings.peer_url()``)."""
     tracing = tracing_of(settings, tracer_provider)
     if engines is None:
         engines = [
@@ -211,7 +215,8 @@ def build_gateway(
     notifier = Notifier(redis)
     store.attach_notifier(notifier)
     membership = Membership(redis, heartbeat_s=settings.replica_heartbeat_s,
-                            ttl_s=settings.replica_ttl_s)
+                            ttl_s=settings.replica_ttl_s,
+                            url=(peer_url or settings.peer_url()) if settings.forward_sessions else None)
     ledger = WorkLedger(redis, store, membership.id, forget=membership.forget)
     sessions = SessionRunner(settings, store, completions, metrics, replica=membership.id,
                              ledger=ledger, tracing=tracing)
@@ -243,6 +248,10 @@ def build_gateway(
         index=SessionIndex(redis, store, ttl_s=settings.session_ttl_s, keep=settings.ui_recent_sessions,
                            on_new=metrics.sessions.inc),
         tracing=tracing,
+        # Relayed calls wait as long as the owner takes (it enforces its own timeouts); idle
+        # connections close before the peer's keep-alive ends.
+        peers=HttpClient(connect_timeout=min(1.0, settings.engine_connect_timeout_s),
+                         read_timeout=86400.0, keepalive_s=max(1.0, settings.keep_alive_s - 5)),
     )
 
 

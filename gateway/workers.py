@@ -6,7 +6,10 @@ CPU-bound long before a machine is. The supervisor (this module, in the
 that socket; the kernel spreads connections between them. Each worker is a
 full gateway replica: it builds its own app and scheduler, and shares state
 with the others exactly as separate replicas do, through Redis (sessions,
-variables, limits; with replica membership, each holds 1/N of every engine).
+variables, limits; with replica membership, each holds 1/N of every engine). Each
+also listens on a port of its own, which it advertises to its peers: a session's
+requests that the kernel hands to another worker are relayed there
+(gateway/forwarding.py).
 
 The supervisor restarts a worker that dies (with a back-off), forwards
 SIGTERM/SIGINT so every worker drains, and exits 0 once they are done. Workers
@@ -69,7 +72,10 @@ def _worker(settings_json: str, sock: socket.socket, index: int, parent: int) ->
 
     settings = Settings.model_validate_json(settings_json)
     logs.configure(settings.log_level, settings.log_format)
-    app = create_app(settings)
+    # Its own listener too, on a port of its own: where peers relay this worker's sessions
+    # (the shared port would hand them to any worker).
+    private = bind(settings.host, 0)
+    app = create_app(settings, peer_url=settings.peer_url(private.getsockname()[1]))
     tune_gc()
     config = uvicorn.Config(
         app,
@@ -80,7 +86,7 @@ def _worker(settings_json: str, sock: socket.socket, index: int, parent: int) ->
         log_config=None,  # uvicorn's own lines go through our handler (text or JSON)
     )
     logging.getLogger("parrot.workers").info("worker %d (pid %d) serving", index, os.getpid())
-    draining_server(config, app.state.gateway).run(sockets=[sock])
+    draining_server(config, app.state.gateway).run(sockets=[sock, private])
 
 
 class Supervisor:

@@ -235,7 +235,7 @@ def test_production_values_reach_the_settings_file(chart: Any) -> None:
     assert settings["log_level"] == "warning"
 
 
-MANAGED_SETTINGS = {"host", "backend", "redis", "api_keys", "config", "ui_secret"}
+MANAGED_SETTINGS = {"host", "backend", "redis", "api_keys", "config", "ui_secret", "advertise_url"}
 
 
 @pytest.mark.parametrize("managed", sorted(MANAGED_SETTINGS))
@@ -527,3 +527,15 @@ def test_values_have_the_spec_keys(chart: Any) -> None:
     assert set(values["gateway"]) <= set(Settings.model_fields)
     assert chart.metadata["apiVersion"] == "v2"
     assert chart.metadata["appVersion"] == "0.1.0"
+
+
+def test_each_pod_advertises_its_own_address_to_its_peers(chart: Any) -> None:
+    """Peers relay a session's requests pod to pod: the URL is the pod's IP, resolved by
+    Kubernetes from an env var defined before it."""
+    env = gateway_container(render(chart, None))["env"]
+    names = [e["name"] for e in env]
+    pod_ip = env[names.index("POD_IP")]
+    assert pod_ip["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    url = env[names.index("PARROT_ADVERTISE_URL")]["value"]
+    assert names.index("POD_IP") < names.index("PARROT_ADVERTISE_URL")
+    assert url == "http://$(POD_IP):8000"

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 
+from gateway.ownership import owner
 from gateway.replicas import Membership
 from gateway.testing import start_engine, start_gateway
 
@@ -154,7 +155,13 @@ def test_dead_replicas_work_is_adopted_and_run(redis_url: str) -> None:
     b = start_gateway(redis_url, [engine.url], **fast)
     try:
         gw_a = a.server.config.app.state.gateway
-        h = {"X-Parrot-Session": "adopt1", "X-Parrot-Async": "1"}
+        deadline = time.monotonic() + 5
+        while len(gw_a.membership.targets) < 2:  # A sees B: pick a session A owns
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        sid = next(s for s in (f"adopt{i}" for i in range(100))
+                   if owner(s, gw_a.membership.targets) == gw_a.membership.id)
+        h = {"X-Parrot-Session": sid, "X-Parrot-Async": "1"}
         with httpx.Client(base_url=a.url, timeout=10) as ca:
             for i in range(3):
                 r = ca.post(CHAT, headers={**h, "X-Parrot-Output": f"m{i}"}, json={
@@ -180,10 +187,10 @@ def test_dead_replicas_work_is_adopted_and_run(redis_url: str) -> None:
                 assert time.monotonic() - t_dead < 5, "not adopted"
                 time.sleep(0.05)
             adopted_after = time.monotonic() - t_dead
-            assert cb.put("/v1/sessions/adopt1/variables/doc", json={"value": "text"}).status_code == 200
-            final = cb.get("/v1/sessions/adopt1/variables/final", params={"wait": 20}).json()
+            assert cb.put(f"/v1/sessions/{sid}/variables/doc", json={"value": "text"}).status_code == 200
+            final = cb.get(f"/v1/sessions/{sid}/variables/final", params={"wait": 20}).json()
             assert final["status"] == "ready" and final["value"], final
-            graph = cb.get("/v1/sessions/adopt1").json()
+            graph = cb.get(f"/v1/sessions/{sid}").json()
         print(f"\nadopted 4 requests {adopted_after:.2f}s after the lease stopped (TTL 0.8 s)")
         assert all(r["status"] == "done" for r in graph["requests"])
         assert all(v["status"] == "ready" for v in graph["variables"])

@@ -171,8 +171,12 @@ def test_deadline_fails_consumers(stack: Stack) -> None:
     assert b["status"] == "failed" and "upstream_failed" in b["error"] and "'a'" in b["error"]
 
 
-def test_two_replicas_share_redis(redis_url: str) -> None:
-    s = start_stack(redis_url, engines=1, time_scale=0.02, replicas=2)
+@pytest.mark.parametrize("forward", [True, False], ids=["relayed-to-owner", "across-replicas"])
+def test_two_replicas_share_redis(redis_url: str, forward: bool) -> None:
+    """A session's requests sent to both replicas: relayed to the session's owner, or
+    (forwarding off, as while an owner cannot be reached) run where they land, the
+    consumer learning of its input from the other replica through Redis."""
+    s = start_stack(redis_url, engines=1, time_scale=0.02, replicas=2, forward_sessions=forward)
     try:
         g1, g2 = s.gateway, s.extra_gateways[0]
         assert g1 is not None

@@ -53,7 +53,9 @@ def wait_ready(url: str, session: str, name: str) -> None:
 
 @pytest.fixture
 def two(redis_url: str) -> Iterator[Stack]:
-    s = start_stack(redis_url, engines=1, time_scale=0.02, replicas=2)
+    # Forwarding off: each request runs where it is sent, so the replicas must agree
+    # through Redis alone (as while a session's owner cannot be reached).
+    s = start_stack(redis_url, engines=1, time_scale=0.02, replicas=2, forward_sessions=False)
     yield s
     s.stop()
 

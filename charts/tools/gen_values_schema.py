@@ -15,7 +15,7 @@ from pathlib import Path
 from gateway.settings import Settings
 
 SCHEMA = Path(__file__).resolve().parents[1] / "parrot-gateway" / "values.schema.json"
-MANAGED = {"host", "backend", "redis", "api_keys", "config"}  # set by the chart itself
+MANAGED = {"host", "backend", "redis", "api_keys", "config", "advertise_url"}  # set by the chart
 SECRET = {"ui_secret"}  # never in the ConfigMap: PARROT_UI_SECRET from a Secret, via extraEnv
 
 
