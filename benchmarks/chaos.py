@@ -8,7 +8,7 @@ connection is skipped, as nginx's ``proxy_next_upstream`` does). Then
 map-reduce submitted whole (``PUT doc``, ``--maps`` async maps, an async
 reduce, a long poll of its output); ``--kill-after`` seconds in, one replica is
 killed with SIGKILL. Clients retry what the dead replica dropped, as any client
-of a load-balanced service must: transport errors are retried, and a retried
+of a load-balanced service must: transport errors and 502s are retried, and a retried
 submission answered 409 (its first attempt was accepted) counts as accepted.
 
 Reported: sessions, sessions in flight at the kill, sessions completed (the
@@ -160,15 +160,18 @@ class ChaosReport:
 
 async def _call(client: httpx.AsyncClient, res: SessionResult, method: str, path: str,
                 deadline: float, **kw: Any) -> httpx.Response:
-    """One request, retried on transport errors (a connection to the dead replica)."""
+    """One request, retried on transport errors (a connection to the dead replica) and on
+    502 (the replica that owned the session died under a request relayed to it)."""
     while True:
         try:
-            return await client.request(method, path, **kw)
+            r = await client.request(method, path, **kw)
+            if r.status_code != 502 or time.monotonic() > deadline:
+                return r
         except RETRYABLE:
-            res.retries += 1
             if time.monotonic() > deadline:
                 raise
-            await asyncio.sleep(0.2)
+        res.retries += 1
+        await asyncio.sleep(0.2)
 
 
 async def _session(client: httpx.AsyncClient, i: int, maps: int, max_tokens: int,
