@@ -15,10 +15,11 @@ def draining_server(config: Any, gateway: Any = None) -> Any:
     """uvicorn, with SIGTERM/SIGINT meaning 'drain, then exit 0'.
 
     First signal: readiness turns false (``/ready`` answers 503, so a load
-    balancer stops sending, and peers stop relaying sessions' requests here) while the
-    listener stays open and in-flight HTTP requests and background semantic requests
-    run on; once they are done, or ``drain_timeout_s`` has passed, uvicorn's graceful shutdown closes the
-    listener and the lifespan drains what is left. A second signal skips the
+    balancer stops sending, and peers stop relaying sessions' requests here) while
+    the listener stays open and in-flight HTTP requests and background semantic
+    requests run on; once they are done, or ``drain_timeout_s`` has passed,
+    uvicorn's graceful shutdown closes the listener and the lifespan drains what
+    is left. A second signal skips the
     wait. uvicorn re-raises a captured signal after its graceful shutdown, which
     would make the process die of SIGTERM; the SPEC wants a clean exit instead.
     """
