@@ -70,9 +70,8 @@ class Services:
     replicas_note: str | None = None
     model: str = "default"
     model_path: str | None = None
-    redis: RedisServer | None = None
-    """The first gateway's Redis; every other group of gateways gets its own (`start_gateway`)."""
     group_redis: dict[str, RedisServer] = field(default_factory=dict)
+    """Each group of gateways' own Redis (`start_gateway`), in the order started."""
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
     cpus: tuple[int, ...] | None = None
     """``pin()`` moves the engines to these CPUs, and the systems under test (gateway, redis,
@@ -139,10 +138,7 @@ class Services:
         group = group or name
         redis = self.group_redis.get(group)
         if redis is None:
-            redis = RedisServer().start()
-            if self.redis is None:
-                self.redis = redis
-            self.group_redis[group] = redis
+            redis = self.group_redis[group] = RedisServer().start()
         port = free_port()
         cmd = [sys.executable, "-m", "gateway.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
                "--redis", redis.url, "--backend-kind", "sglang", "--log-level", "warning"]
@@ -232,6 +228,11 @@ class Services:
             for p in tree:
                 set_process_affinity(p, cpus)
 
+    @property
+    def redis(self) -> RedisServer | None:
+        """The first gateway's Redis."""
+        return next(iter(self.group_redis.values()), None)
+
     def pids(self) -> dict[str, int]:
         """Service processes by role (``engine0``..., ``gateway``, ``smg``, ``redis``: the
         first gateway's, ``redis-<group>``: another group's)."""
@@ -292,7 +293,6 @@ class Services:
         for redis in self.group_redis.values():
             redis.cleanup()
         self.group_redis.clear()
-        self.redis = None
 
     def __enter__(self) -> Services:
         return self

@@ -27,12 +27,15 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-import orjson
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backends.http1 import ConnectFailed, HttpClient, HttpError
+from common.errors import EngineError
+from common.serving import finished_before_disconnect
 
 from .ownership import owner
+from .responses import FastJSONResponse
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -78,11 +81,6 @@ async def _read_body(receive: Receive) -> bytes | None:
             return b"".join(parts)
 
 
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
 def _replay(body: bytes, receive: Receive) -> Receive:
     """A ``receive`` that hands over the body already read, then the client's own."""
     sent = False
@@ -97,15 +95,9 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return again
 
 
-async def _replica_lost(send: Send) -> None:
-    body = orjson.dumps({"error": {
-        "message": "the gateway replica serving this session went away before answering; "
-                   "its accepted work continues on another replica",
-        "type": "server_error", "param": None, "code": "replica_lost"}})
-    await send({"type": "http.response.start", "status": 502,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+REPLICA_LOST = EngineError("the gateway replica serving this session went away before "
+                           "answering; its accepted work continues on another replica",
+                           code="replica_lost")
 
 
 class SessionForwarding:
@@ -150,23 +142,19 @@ class SessionForwarding:
         query = scope.get("query_string", b"")
         url = base + scope["path"] + ("?" + query.decode("latin-1") if query else "")
         headers = _request_headers(scope["headers"], self.membership.id)
-        relay = asyncio.ensure_future(self._relay(url, body, headers, send))
-        gone = asyncio.ensure_future(_until_disconnect(receive))
+        relay = asyncio.ensure_future(self._relay(url, body, headers, scope, receive, send))
         try:
-            await asyncio.wait((relay, gone), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            gone.cancel()
-            if not relay.done():
-                relay.cancel()  # the client left (or we are cancelled): close the relayed call
+            if not await finished_before_disconnect(Request(scope, receive), relay):
                 self.metrics.child(self.metrics.forwarded, "client_gone").inc()
-            with contextlib.suppress(asyncio.CancelledError):
-                await gone
+        finally:
+            relay.cancel()  # no-op once done; else the client left (or we are cancelled)
             with contextlib.suppress(asyncio.CancelledError):
                 await relay
         if not relay.cancelled() and relay.result() is False:
             await self.app(scope, _replay(body, receive), send)
 
-    async def _relay(self, url: str, body: bytes, headers: dict[str, str], send: Send) -> bool:
+    async def _relay(self, url: str, body: bytes, headers: dict[str, str], scope: Scope,
+                     receive: Receive, send: Send) -> bool:
         """Relay to the owner and stream its answer back; False when the owner could not be
         reached (nothing was sent: serve it here)."""
         m = self.metrics
@@ -179,7 +167,7 @@ class SessionForwarding:
         except HttpError as exc:
             log.warning("owner at %s failed before answering (%s)", url, exc)
             m.child(m.forwarded, "owner_lost").inc()
-            await _replica_lost(send)
+            await FastJSONResponse(REPLICA_LOST.body(), REPLICA_LOST.status)(scope, receive, send)
             return True
         async with contextlib.aclosing(chunks):  # type: ignore[type-var]
             await send({"type": "http.response.start", "status": status,

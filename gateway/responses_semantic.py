@@ -72,8 +72,7 @@ async def create(gw: Gateway, request: Request, principal: Principal, turn: Turn
     waiter = asyncio.shield(task)
     waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
     if not await finished_before_disconnect(request, waiter):
-        if not await gw.sessions.needed(run.rec):
-            task.cancel()
+        await gw.sessions.cancel_unless_needed(run.rec, task)
         return Response(status_code=CLIENT_CLOSED)
     response = {**from_chat(turn.base, waiter.result()),
                 "parrot": session_http.parrot_info(run.rec, "ready")}

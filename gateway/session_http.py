@@ -139,7 +139,6 @@ async def handle(
     # Its outcome is read here or, after a disconnect, nowhere: mark it retrieved.
     waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
     if not await finished_before_disconnect(request, waiter):
-        if not await runner.needed(run.rec):
-            task.cancel()
+        await runner.cancel_unless_needed(run.rec, task)
         return Response(status_code=CLIENT_CLOSED)
     return FastJSONResponse({**waiter.result(), "parrot": parrot_info(run.rec, "ready")})

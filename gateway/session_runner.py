@@ -515,11 +515,12 @@ class SessionRunner:
             finally:
                 if not finished:  # the reader left; decided in a task: an await here would be
                     # cancelled too under Starlette's disconnect scope, the engine call run on unread
-                    self._background_task(self._cancel_unless_needed(rec, task))
+                    self._background_task(self.cancel_unless_needed(rec, task))
 
         return chunks()
 
-    async def _cancel_unless_needed(self, rec: RequestRecord, task: asyncio.Task[Any]) -> None:
+    async def cancel_unless_needed(self, rec: RequestRecord, task: asyncio.Task[Any]) -> None:
+        """Its reader left: stop ``task`` unless another request consumes its output."""
         if not await self.needed(rec):
             task.cancel()
 

@@ -103,7 +103,7 @@ class Gateway:
     responses: ResponseStore
     index: SessionIndex
     tracing: Tracing
-    peers: HttpClient = field(default_factory=HttpClient)  # relays to session owners (forwarding.py)
+    peers: HttpClient  # relays to session owners (forwarding.py)
     draining: bool = False
     _loops: list[asyncio.Task[None]] = field(default_factory=list)
 
