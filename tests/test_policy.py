@@ -108,6 +108,7 @@ def test_capacity_never_exceeded_under_random_events() -> None:
         now += 1
     engines = s._engines.engines  # noqa: SLF001 - white-box check of the bookkeeping
     assert all(e.backlog == pytest.approx(0.0, abs=1e-9) for e in engines.values())
+    assert all(e.prefilling == e.prefilling_latency == 0 for e in engines.values())
     assert (s.stats()["inflight"], s.stats()["queued"], s.stats()["held"]) == (0, 0, 0)
 
 
@@ -123,7 +124,25 @@ def test_group_members_dispatched_together_and_spread() -> None:
     maps = [i for i, j in enumerate(ids) if j.startswith("map")]
     assert len(maps) == 8 and maps == list(range(maps[0], maps[0] + 8))  # contiguous
     per_engine = Counter(d.engine for d in out if d.job_id.startswith("map"))
-    assert sorted(per_engine.values()) == [2, 2, 2, 2]
+    # spread over every engine; one may take a third where it already holds their shared
+    # prefix rather than delay a chat's first token (the solos wait on e0 and e1)
+    assert len(per_engine) == 4 and max(per_engine.values()) <= 3
+
+
+def test_a_burst_of_chats_is_not_stacked_into_one_prefill_pass() -> None:
+    """Chats that reach an engine together get their first tokens when the whole prefill
+    pass ends: stacking a burst on the idle engine delays every one of them, so past a
+    few the rest go to the engine that is decoding (stalling its batch once)."""
+    s = sched(capacity=32)
+    for i in range(4):  # e0 decodes four chats
+        s.submit(job(f"old{i}", p=prompt(10 + i, 1024, i), max_tokens=128, pin_engine="e0"), 0)
+    for d in dispatches(s.schedule(0)):
+        s.on_prefill_done(d.job_id, 0.1)
+    for i in range(8):
+        s.submit(job(f"new{i}", p=prompt(20 + i, 1024, i), max_tokens=128), 1)
+    per_engine = Counter(d.engine for d in dispatches(s.schedule(1)))
+    assert sum(per_engine.values()) == 8
+    assert 4 <= per_engine["e1"] <= 6  # most on the idle engine, not all eight
 
 
 def test_group_spread_balances_unequal_work() -> None:

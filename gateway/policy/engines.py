@@ -45,6 +45,7 @@ class EngineState:
     backlog_latency: int = 0  # the part of backlog_tokens from latency-class jobs
     latency_inflight: int = 0  # latency-class jobs in flight
     prefilling: int = 0  # jobs in flight whose first token has not come yet
+    prefilling_latency: int = 0  # the latency-class part of ``prefilling``
     apps: dict[str, int] = field(default_factory=dict)  # application -> jobs in flight
     name_hash: int = 0  # stable 64-bit hash of the name (rendezvous hashing)
     prefill_s_per_token: float = 0.0  # seconds from dispatch to first token per token ahead (learned)

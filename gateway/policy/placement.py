@@ -4,10 +4,13 @@ The cost of running a job on an engine, in decode-step units
 (``SchedulerConfig.cost_*``: s per output token, c_p per prefilled token,
 alpha = step slowdown per co-running request), with ``u`` the prompt tokens
 the engine neither holds nor is computing, ``running`` the requests decoding
-there (each stalled by a prefill pass) and ``n`` those sharing its batch::
+there (each stalled by a prefill pass), ``joining`` our latency-class requests
+waiting for the same prefill pass (their first tokens come when the whole pass
+ends, so each waits for ``u`` too: stacking a burst of chats on one engine
+delays every first token of the burst) and ``n`` those sharing its batch::
 
     own     = backlog + u*c_p + max_tokens*s*(1 + alpha*n)   # its own finish
-    harm    = u*c_p*running + max_tokens*s*alpha*n           # stalls + slowdown of the others
+    harm    = u*c_p*(running + joining) + max_tokens*s*alpha*n   # stalls + slowdown of the others
     compute = u*c_p                                          # engine time spent
     score   = own + harm + compute                           # ties: more cached tokens
 
@@ -33,7 +36,11 @@ def score(e: EngineState, uncached: int, max_tokens: int, cfg: SchedulerConfig) 
     decode = max_tokens * cfg.cost_decode_token
     slowdown = decode * cfg.cost_batch_slowdown * n
     own = e.backlog + compute + decode + slowdown
-    harm = compute * running + slowdown
+    # A pass holds at most a chunk: behind a deeper backlog the job shares its pass with
+    # only about a chunk's worth of the waiting requests.
+    ahead = e.backlog_tokens + uncached
+    joining = e.prefilling_latency * min(1.0, e.chunk_tokens / ahead) if ahead else 0.0
+    harm = compute * (running + joining) + slowdown
     return own + harm + compute
 
 

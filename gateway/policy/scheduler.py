@@ -434,6 +434,7 @@ class Scheduler:
         if cls == LATENCY:
             e.backlog_latency += uncached
             e.latency_inflight += 1
+            e.prefilling_latency += 1
         if job.session is not None:
             e.apps[job.session] = e.apps.get(job.session, 0) + 1
         rec.pending_leader = self._index.insert(e.name, rec.hashes, leader=jid) > 0
@@ -534,6 +535,8 @@ class Scheduler:
         e = self._engines.get(rec.engine or "")
         if rec.prefilling and e is not None:
             e.prefilling -= 1
+            if rec.cls == LATENCY:
+                e.prefilling_latency -= 1
         rec.prefilling = False
         if rec.prefill_cost and e is not None:
             e.backlog = max(0.0, e.backlog - rec.prefill_cost)
