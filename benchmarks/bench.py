@@ -22,11 +22,11 @@ from .bound import control_client, measure_bound
 from .harness import ClosedLoop, CpuMeter, LoopLag, run_open
 from .httpclient import make_client
 from .metrics import (
-    PROXY_ROLES,
     Reason,
     Thresholds,
     comparability,
     lag_metrics,
+    proxy_roles,
     summarize_reasons,
     system_metrics,
 )
@@ -211,7 +211,7 @@ def open_loop(wl: Workload, time_scale: float) -> Callable[[System, Callable[[],
 def run_line(key: str, sname: str, m: dict[str, Any]) -> str:
     h, cpu = m["harness"], m["cpu"]
     flag = "" if m.get("comparable", True) else "  NOT COMPARABLE: " + "; ".join(m["not_comparable"])
-    proxies = "".join(f", {r} {cpu.get(r, 0):.0%}" for r in PROXY_ROLES.get(sname, ()))
+    proxies = "".join(f", {r} {cpu.get(r, 0):.0%}" for r in proxy_roles(sname))
     return (f"[{key}] {sname}: e2e mean {m['e2e_mean_s']} s, p90 {m['e2e_p90_s']} s, p99 {m['e2e_p99_s']} s, "
             f"failed {m['failed']}; lag p99 start {h['start_lag_p99_ms']} / send {h['send_lag_p99_ms']} ms; "
             f"cpu harness {cpu.get('harness', 0):.0%}" + proxies + flag)

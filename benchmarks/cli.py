@@ -65,6 +65,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--client-rtt-ms", type=float, default=0.0,
                    help="client network round trip in engine ms (half before, half after each call)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:SETTING=VALUE,...",
+                   help="also run a gateway with these settings changed, as system NAME (gateway-... "
+                        "driven like gateway, gateway-plain-... like gateway-plain); repeatable, e.g. "
+                        "gateway-budget2:prefill_budget_chunks=2")
     sat = p.add_argument_group("saturation (--sweep)")
     sat.add_argument("--sweep", action="store_true",
                      help="per system: closed-loop capacity, latency at --loads x the baseline's capacity, "
@@ -131,10 +135,22 @@ def main(argv: list[str] | None = None) -> int:
         args.systems = AGENT_SYSTEMS if only_agents else DEFAULT_SYSTEMS
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     from .systems import SYSTEMS
+    from .variants import parse_variant, register
 
-    bad = [s for s in systems if s not in SYSTEMS]
+    known = list(SYSTEMS)
+    for text in args.variant:
+        try:
+            variant = parse_variant(text, taken=known)
+        except ValueError as e:
+            print(str(e), file=sys.stderr)
+            return 2
+        register(variant)
+        known.append(variant.name)
+        if variant.name not in systems:
+            systems.append(variant.name)
+    bad = [s for s in systems if s not in known]
     if bad:
-        print(f"unknown system(s): {', '.join(bad)}; known: {', '.join(SYSTEMS)}", file=sys.stderr)
+        print(f"unknown system(s): {', '.join(bad)}; known: {', '.join(known)}", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -127,12 +127,16 @@ REPLICA_ROLES = ("gateway-r0", "gateway-r1")
 PROXY_ROLES: dict[str, tuple[str, ...]] = {
     "gateway": ("gateway",), "gateway-plain": ("gateway",), "sglang-router": ("smg",),
     "gateway-2r": REPLICA_ROLES, "gateway-plain-2r": REPLICA_ROLES, "gateway-2r-session": REPLICA_ROLES,
-    "gateway-fifo": ("gateway-fifo",), "gateway-nogroups": ("gateway-nogroups",),
-    "gateway-nowindow": ("gateway-nowindow",), "gateway-window": ("gateway-window",),
-    "gateway-noadmission": ("gateway-noadmission",),
-    "gateway-nogate": ("gateway-nogate",),
-    "gateway-plain-noinfer": ("gateway-plain-noinfer",),
 }
+
+
+def proxy_roles(system: str) -> tuple[str, ...]:
+    """The processes whose CPU limits ``system``; a variant (``gateway-*`` not above) is
+    a gateway process named after it."""
+    roles = PROXY_ROLES.get(system)
+    if roles is not None:
+        return roles
+    return (system,) if system.startswith("gateway-") else ()
 
 
 def lag_metrics(results: Sequence[AppResult], loop_lag_ms: Sequence[float],
@@ -185,7 +189,7 @@ def comparability(lag: dict[str, Any], cpu: dict[str, float], system: str,
             why.append(Reason(f"harness lag: {what} p99", v, limit, "ms"))
     if cpu.get("harness", 0.0) > th.max_cpu:
         why.append(Reason("CPU-bound: load generator", cpu["harness"], th.max_cpu, "core"))
-    for role in PROXY_ROLES.get(system, ()):
+    for role in proxy_roles(system):
         if cpu.get(role, 0.0) > th.max_cpu:
             why.append(Reason(f"CPU-bound: {role}", cpu[role], th.max_cpu, "core"))
     return why

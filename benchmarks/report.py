@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .metrics import PROXY_ROLES
+from .metrics import proxy_roles
 
 
 def _f(x: Any, nd: int = 3) -> str:
@@ -28,7 +28,7 @@ def _cpu(m: dict[str, Any], system: str) -> str:
     cpu = m.get("cpu") or {}
     if not cpu:
         return "-"
-    roles = PROXY_ROLES.get(system, ())
+    roles = proxy_roles(system)
     proxy = " + ".join(f"{cpu.get(r, 0):.0%}" for r in roles) if roles else "-"
     return f"{cpu.get('harness', 0):.0%} / {proxy}"
 

@@ -45,27 +45,11 @@ import orjson
 
 from .agents import run_script
 from .httpclient import AiohttpClient, HttpClient, HttpError, Response
+from .variants import PLAIN_VARIANTS, VARIANTS
 from .workloads import App, Step
 
 Http = HttpClient | AiohttpClient
 
-# The policy comparison: the gateway (whole DAG submitted) with one scheduling mechanism
-# switched off each, every one its own gateway process on the same engines and Redis.
-VARIANTS: dict[str, dict[str, str]] = {
-    "gateway-fifo": {"PARROT_APP_ORDER": "false"},  # no application age (order or priority)
-    "gateway-nogroups": {"PARROT_TASK_GROUPS": "false"},  # no task groups
-    "gateway-nowindow": {"PARROT_APP_WINDOW": "0"},  # no application window (the default now)
-    "gateway-window": {"PARROT_APP_WINDOW": "8"},  # the application window of 8 (the old default)
-    "gateway-noadmission": {  # nothing held back: the engines queue everything
-        "PARROT_APP_WINDOW": "0", "PARROT_PREFILL_BUDGET_CHUNKS": "100000",
-        "PARROT_PROTECT_LATENCY": "false",
-    },
-    "gateway-nogate": {"PARROT_INTAKE_SLOTS": "0"},  # background submits not made to take turns
-}
-# Plain clients through a gateway with one setting changed (agents: program inference off).
-PLAIN_VARIANTS: dict[str, dict[str, str]] = {
-    "gateway-plain-noinfer": {"PARROT_INFER_PROGRAMS": "false"},
-}
 SYSTEMS = ("baseline", "gateway-plain", "gateway", "sglang-router", "gateway-2r", "gateway-plain-2r",
            "gateway-2r-session",
            *VARIANTS, *PLAIN_VARIANTS)
@@ -546,7 +530,7 @@ def make_system(name: str, http: Http, *, engines: list[str], gateway: str | Non
     if name == "gateway-2r-session":
         assert replicas_by_session
         return GatewayDag(name, http, url=replicas_by_session, model=model, rtt_s=rtt_s)
-    if name in PLAIN_VARIANTS:
+    if name in PLAIN_VARIANTS:  # read at call time: the CLI may have registered more
         assert variants and name in variants
         return ClientOrchestrated(name, http, [variants[name]], model, rtt_s, engine_of_url=False)
     if name == "gateway-plain-2r":
