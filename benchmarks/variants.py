@@ -48,8 +48,8 @@ def parse_variant(text: str, taken: Collection[str] = ()) -> Variant:
     name = name.strip()
     if not name.startswith("gateway-") or not name[len("gateway-"):].replace("-", "").isalnum():
         raise ValueError(f"variant {text!r}: its name must be gateway-<letters, digits, dashes>")
-    if name in taken:
-        raise ValueError(f"variant {name!r}: that name is already a system")
+    if name in taken or "-2r" in name:  # "-2r" marks the two-replica systems
+        raise ValueError(f"variant {name!r}: that name is already a system or kept for one")
     env: dict[str, str] = {}
     for item in (i for i in rest.split(",") if i.strip()):
         key, eq, value = item.partition("=")

@@ -25,6 +25,7 @@ def test_a_variant_names_settings_by_field_or_variable() -> None:
     ("gateway-b:no_such_setting=1", "no_such_setting"),
     ("gateway-b:", "no setting changed"),
     ("gateway-plain:infer_programs=false", "already a system"),
+    ("gateway-x-2r:infer_programs=false", "kept for one"),
 ])
 def test_a_bad_variant_says_what_is_wrong(text: str, says: str) -> None:
     with pytest.raises(ValueError, match=says):
