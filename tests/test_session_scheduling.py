@@ -111,3 +111,22 @@ def test_late_consumer_moves_queued_producers_into_its_group(redis_url: str) -> 
         assert all(group is None for rid, group in moved if rid == blocker)  # no one's producer
     finally:
         s.stop()
+
+
+def test_a_map_sees_siblings_registered_on_the_other_replica(two: Stack) -> None:
+    """The reduce and the first map register on replica 1, the other maps on replica 2
+    (as when a replica becomes the session's owner mid-way); replica 1 writes the maps'
+    input, so its waiting map learns the value without a Redis read. It must still be
+    analysed on the whole graph: one task group for every map (it ran alone, with no
+    group, while replica 1 trusted its own stale copy of the graph)."""
+    g1, g2 = two.gateway, two.extra_gateways[0]
+    assert g1 is not None
+    post(g1.url, "split", "final", "sum " + " ".join("{{m%d}}" % i for i in range(6)))
+    post(g1.url, "split", "m0", "map 0 of {{doc}}")
+    for i in range(1, 6):
+        post(g2.url, "split", f"m{i}", f"map {i} of {{{{doc}}}}")
+    assert httpx.put(g1.url + "/v1/sessions/split/variables/doc", json={"value": "x"}).status_code == 200
+    wait_ready(g1.url, "split", "final")
+    reqs = {r["output"]: r for r in httpx.get(g1.url + "/v1/sessions/split").json()["requests"]}
+    groups = {reqs[f"m{i}"]["group_effective"] for i in range(6)}
+    assert len(groups) == 1 and None not in groups, groups

@@ -433,6 +433,11 @@ class SessionStore:
     # -------------------------------------------------------------- waits
 
     @store_errors
+    async def graph_version(self, tenant: str, session: str) -> int:
+        """The session graph's version (registrations so far): one small read."""
+        return int(await self._redis.hget(self.keys(tenant, session).meta, "graph") or 0)
+
+    @store_errors
     async def read_graph(self, tenant: str, session: str) -> tuple[list[RequestRecord], int]:
         """Every record (creation order) and the graph version they are at, in one read."""
         keys = self.keys(tenant, session)
