@@ -254,12 +254,8 @@ class SessionRunner:
             return Inputs(values, version, max((v.updated_at or 0.0) for v in states.values()))
 
     async def _analysis(self, tenant: str, session: str, version: int | None) -> Analysis:
-        """The session graph's analysis at ``version`` (None: not known, asked for first:
-        the copy held here misses registrations made elsewhere, e.g. on the replica that
-        became the session's owner mid-way), re-read from Redis only when this replica's
-        copy is stale."""
-        if version is None:
-            version = await self.store.graph_version(tenant, session)
+        """The session graph's analysis at ``version`` (None: the copy held here, if any),
+        re-read from Redis only when this replica's copy is stale."""
         cached = self.graphs.get(tenant, session, version)
         if cached is not None:
             return cached

@@ -545,12 +545,17 @@ class SessionStore:
                         break  # the periodic safety re-read
                     if w.known(pending):
                         # Written by this process after our read saw the session: the
-                        # values are current, the graph version unknown (None).
+                        # values are current; the graph version is read on its own (a
+                        # copy held here misses registrations made on other replicas),
+                        # unknown (None: that copy) while Redis is unreachable.
                         states = dict(last[0])
                         for n in pending:
                             value, at = w.values[n]
                             states[n] = Variable(n, "ready", value=value, updated_at=at)
-                        return states, None
+                        try:
+                            return states, await self.graph_version(tenant, session)
+                        except ServiceUnavailable:
+                            return states, None
                     if w.announced(pending):
                         break
                     w.rearm()
