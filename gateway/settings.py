@@ -140,6 +140,14 @@ class Settings(BaseModel):
         0.5, ge=0.0, le=1.0,
         description="Prefill share a protected engine still accepts throughput prefill below.",
     )
+    protect_linger_s: float = Field(
+        5.0, ge=0.0,
+        description="An engine stays protected this long after its last latency-class request.",
+    )
+    protect_backlog_tokens: int = Field(
+        2048, ge=0,
+        description="Unprefilled throughput tokens a protected engine may hold (0 = no cap).",
+    )
     # replicas (gateway/replicas.py, gateway/work.py)
     replica_heartbeat_s: float = Field(0.5, gt=0, description="Replica heartbeat period.")
     replica_ttl_s: float = Field(

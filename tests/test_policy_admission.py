@@ -222,3 +222,51 @@ def test_least_attained_service_ranks_inferred_programs() -> None:
     s.submit(job("short-program", attained=300.0, app="p2"), 1.1)
     s.submit(job("fresh-program", attained=0.0, app="p3"), 1.2)
     assert ids(s.schedule(1.2)) == ["fresh-program"]
+
+
+def test_protection_lingers_after_the_last_chat_ends() -> None:
+    s = sched(engines=2, protect_duty=0.0, prefill_budget_chunks=50, protect_linger_s=5.0)
+    s.submit(job("chat", 200, out=30), 0.0)
+    (chat,) = s.schedule(0.0)
+    s.on_prefill_done("chat", 0.02)
+    s.on_finish("chat", 0.3)
+    s.submit(job("map", 900, latency=False), 1.0)
+    (d,) = s.schedule(1.0)
+    assert d.engine != chat.engine  # no chat in flight, but one is likely soon: kept light
+    assert s.stats()["engines"][chat.engine]["protected"]
+    s.submit(job("later", 900, latency=False), 5.4)
+    (d,) = s.schedule(5.4)
+    assert d.engine == chat.engine  # the linger is over: the lighter engine takes it
+    assert not s.stats()["engines"][chat.engine]["protected"]
+
+
+def test_no_linger_lifts_protection_when_the_chat_ends() -> None:
+    s = sched(engines=2, protect_duty=0.0, prefill_budget_chunks=50, protect_linger_s=0.0)
+    s.submit(job("chat", 200, out=30), 0.0)
+    (chat,) = s.schedule(0.0)
+    s.on_finish("chat", 0.3)
+    s.schedule(1.0)
+    assert not s.stats()["engines"][chat.engine]["protected"]
+
+
+def test_a_protected_engine_keeps_its_throughput_backlog_short() -> None:
+    # Small throughput prefills may use a protected engine, but only a pass's worth at a
+    # time: a chat arriving there waits for a short pass, not a whole chunk of them.
+    s = sched(engines=1, protect_duty=1.0, prefill_budget_chunks=50, protect_backlog_tokens=1000)
+    s.submit(job("chat", 200, out=300), 0.0)
+    s.schedule(0.0)
+    s.on_prefill_done("chat", 0.02)
+    for i in range(5):
+        s.submit(job(f"s{i}", 400, latency=False), 0.1)
+    assert ids(s.schedule(0.1)) == ["s0", "s1"]  # 800 tokens; a third would make 1,200
+    assert s.stats()["admission_refusals"]["latency_protected"] >= 1
+    s.on_prefill_done("s0", 0.2)
+    s.on_prefill_done("s1", 0.2)
+    assert ids(s.schedule(0.2)) == ["s2", "s3"]
+    u = sched(engines=1, protect_duty=1.0, prefill_budget_chunks=50, protect_backlog_tokens=0)
+    u.submit(job("chat", 200, out=300), 0.0)
+    u.schedule(0.0)
+    u.on_prefill_done("chat", 0.02)
+    for i in range(5):
+        u.submit(job(f"s{i}", 400, latency=False), 0.1)
+    assert len(u.schedule(0.1)) == 5  # no cap: the old behaviour

@@ -79,6 +79,9 @@ def refusal(
         ) >= cfg.app_window_duty:
             return APP_WINDOW
     if protected and not latency:
+        cap = cfg.protect_backlog_tokens
+        if cap and uncached and e.backlog_tokens > 0 and e.backlog_tokens + uncached > cap:
+            return PROTECTED
         if uncached > cfg.protect_prefill_tokens and e.prefill_duty(
             now, cfg.duty_window_s, cfg.prefill_s_per_token / share
         ) >= cfg.protect_duty:

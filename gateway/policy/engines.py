@@ -44,6 +44,7 @@ class EngineState:
     backlog_tokens: int = 0  # uncached prompt tokens sent and not yet prefilled
     backlog_latency: int = 0  # the part of backlog_tokens from latency-class jobs
     latency_inflight: int = 0  # latency-class jobs in flight
+    latency_at: float = -math.inf  # when latency-class work was last sent here or ended
     prefilling: int = 0  # jobs in flight whose first token has not come yet
     prefilling_latency: int = 0  # the latency-class part of ``prefilling``
     apps: dict[str, int] = field(default_factory=dict)  # application -> jobs in flight

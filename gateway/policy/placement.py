@@ -68,16 +68,20 @@ def home(engines: Iterable[EngineState], hashes: tuple[int, ...], avoid: frozens
     return best
 
 
-def protected(engines: Iterable[EngineState], cfg: SchedulerConfig) -> frozenset[str]:
-    """Engines decoding latency-class work, most of it first, at most ``protect_frac``."""
+def protected(engines: Iterable[EngineState], cfg: SchedulerConfig, now: float) -> frozenset[str]:
+    """Engines decoding latency-class work, most of it first, then those that did within
+    ``protect_linger_s`` (latest first), at most ``protect_frac``. The linger keeps an
+    engine light between chats: protection that starts with a chat's dispatch finds the
+    engine in the middle of whatever heavy pass it was given meanwhile."""
     if not cfg.protect_latency:
         return frozenset()
     pool = list(engines)
-    busy = [e for e in pool if e.latency_inflight and e.healthy]
+    busy = [e for e in pool if e.healthy and (
+        e.latency_inflight or now - e.latency_at < cfg.protect_linger_s)]
     if not busy:
         return frozenset()
     limit = max(1, int(len(pool) * cfg.protect_frac))
-    busy.sort(key=lambda e: (-e.latency_inflight, e.order))
+    busy.sort(key=lambda e: (-e.latency_inflight, -e.latency_at, e.order))
     return frozenset(e.name for e in busy[:limit])
 
 

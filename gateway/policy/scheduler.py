@@ -210,6 +210,8 @@ class Scheduler:
             return
         del self._recs[job_id]
         engine = rec.engine or ""
+        if rec.cls == LATENCY and (e := self._engines.get(engine)) is not None:
+            e.latency_at = now
         if ok or rec.prefill_done:
             self._release(rec)
             if cached_tokens is not None:
@@ -225,7 +227,7 @@ class Scheduler:
         out: list[Dispatch] = []
         self._now = now
         self._expire_warmups(now)
-        self._protected = placement.protected(self._engines.engines.values(), self.config)
+        self._protected = placement.protected(self._engines.engines.values(), self.config, now)
         queue = self._queue
         free = self._engines.free
         skipped: list[str] = []
@@ -434,6 +436,7 @@ class Scheduler:
         if cls == LATENCY:
             e.backlog_latency += uncached
             e.latency_inflight += 1
+            e.latency_at = now
             e.prefilling_latency += 1
         if job.session is not None:
             e.apps[job.session] = e.apps.get(job.session, 0) + 1

@@ -112,13 +112,17 @@ class SchedulerConfig:
     prefill_s_per_token: float = 3.3e-5  # engine seconds per prefilled token (estimates duty)
     decode_step_s: float = 0.006  # one decode step (the first token comes after the prefill)
     duty_window_s: float = 2.0  # time constant of the prefill-duty estimate
-    # - latency protection: while an engine decodes latency-class work, throughput
-    #   jobs bring it at most ``protect_prefill_tokens`` uncached prompt tokens each
-    #   while prefill takes ``protect_duty`` of its time (heavy batch prefill goes to
-    #   other engines); at most ``protect_frac`` of the engines (at least one) are
-    #   protected at once.
+    # - latency protection: while an engine decodes latency-class work, or did so
+    #   within ``protect_linger_s``, throughput jobs bring it at most
+    #   ``protect_prefill_tokens`` uncached prompt tokens each while prefill takes
+    #   ``protect_duty`` of its time (heavy batch prefill goes to other engines), and
+    #   its unprefilled throughput tokens stay under ``protect_backlog_tokens``, so a
+    #   chat arriving there waits for a short prefill pass, not an 8k-token chunk; at
+    #   most ``protect_frac`` of the engines (at least one) are protected at once.
     protect_latency: bool = True
     protect_prefill_tokens: int = 512
+    protect_linger_s: float = 5.0
+    protect_backlog_tokens: int = 2048
     protect_duty: float = 0.5  # ... unless its recent prefill duty is below this
     protect_batch: int = 32  # throughput requests a protected engine decodes at once (0 = any)
     protect_frac: float = 0.5
@@ -139,7 +143,7 @@ class SchedulerConfig:
             "max_inflight_per_engine": settings.max_inflight_per_engine,
         }
         for name in ("prefill_budget_chunks", "app_window", "protect_latency", "protect_duty",
-                     "app_order"):
+                     "protect_linger_s", "protect_backlog_tokens", "app_order"):
             if hasattr(settings, name):
                 values[name] = getattr(settings, name)
         values.update(overrides)
