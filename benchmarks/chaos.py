@@ -146,6 +146,7 @@ class ChaosReport:
     completed: int = 0
     lost: list[str] = field(default_factory=list)
     in_flight_at_kill: int = 0
+    victim_engine_inflight: int = 0  # requests the killed replica had on its engines
     adoption_s: float | None = None
     adopted: int = 0
     retries: int = 0
@@ -210,6 +211,30 @@ async def _session(client: httpx.AsyncClient, i: int, maps: int, max_tokens: int
     return res
 
 
+async def _engine_inflight(client: httpx.AsyncClient, url: str) -> int:
+    """Requests a replica has on its engines now (its /metrics), 0 if unreadable."""
+    try:
+        text = (await client.get(url + "/metrics", timeout=2)).text
+    except httpx.HTTPError:
+        return 0
+    return int(sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith("parrot_engine_inflight_requests{")))
+
+
+async def _until_busy(url: str, wait_s: float) -> int:
+    """Wait (at most ``wait_s``) until the replica at ``url`` runs requests on its engines,
+    so that a kill then hits work it accepted: on a loaded machine the first requests
+    were still being registered at a fixed kill time, and the victim died holding nothing
+    to adopt. Returns what it had in flight."""
+    deadline = time.monotonic() + wait_s
+    async with httpx.AsyncClient() as c:
+        while True:
+            n = await _engine_inflight(c, url)
+            if n > 0 or time.monotonic() > deadline:
+                return n
+            await asyncio.sleep(0.01)
+
+
 async def _watch_adoption(url: str, since: float, stop: asyncio.Event) -> tuple[float | None, int]:
     """Poll a replica's metrics until it reports adopted requests; (seconds, count)."""
     async with httpx.AsyncClient(base_url=url, timeout=5) as c:
@@ -251,6 +276,7 @@ async def run_chaos(proxy_url: str, replicas: list[tuple[str, subprocess.Popen[b
                  for i in range(sessions)]
         await asyncio.sleep(kill_after)
         victim_url, victim = replicas[0]
+        report.victim_engine_inflight = await _until_busy(victim_url, 10.0)
         survivor_url = replicas[1][0]
         stop = asyncio.Event()
         victim.send_signal(signal.SIGKILL)
