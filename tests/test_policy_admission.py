@@ -249,24 +249,25 @@ def test_no_linger_lifts_protection_when_the_chat_ends() -> None:
     assert not s.stats()["engines"][chat.engine]["protected"]
 
 
-def test_a_protected_engine_keeps_its_throughput_backlog_short() -> None:
-    # Small throughput prefills may use a protected engine, but only a pass's worth at a
-    # time: a chat arriving there waits for a short pass, not a whole chunk of them.
-    s = sched(engines=1, protect_duty=1.0, prefill_budget_chunks=50, protect_backlog_tokens=1000)
+def _chat_then_small_batch(backlog_cap: int) -> Scheduler:
+    """One engine decoding a chat, five 400-token throughput jobs queued behind it."""
+    s = sched(engines=1, protect_duty=1.0, prefill_budget_chunks=50,
+              protect_backlog_tokens=backlog_cap)
     s.submit(job("chat", 200, out=300), 0.0)
     s.schedule(0.0)
     s.on_prefill_done("chat", 0.02)
     for i in range(5):
         s.submit(job(f"s{i}", 400, latency=False), 0.1)
+    return s
+
+
+def test_a_protected_engine_keeps_its_throughput_backlog_short() -> None:
+    # Small throughput prefills may use a protected engine, but only a pass's worth at a
+    # time: a chat arriving there waits for a short pass, not a whole chunk of them.
+    s = _chat_then_small_batch(1000)
     assert ids(s.schedule(0.1)) == ["s0", "s1"]  # 800 tokens; a third would make 1,200
     assert s.stats()["admission_refusals"]["latency_protected"] >= 1
     s.on_prefill_done("s0", 0.2)
     s.on_prefill_done("s1", 0.2)
     assert ids(s.schedule(0.2)) == ["s2", "s3"]
-    u = sched(engines=1, protect_duty=1.0, prefill_budget_chunks=50, protect_backlog_tokens=0)
-    u.submit(job("chat", 200, out=300), 0.0)
-    u.schedule(0.0)
-    u.on_prefill_done("chat", 0.02)
-    for i in range(5):
-        u.submit(job(f"s{i}", 400, latency=False), 0.1)
-    assert len(u.schedule(0.1)) == 5  # no cap: the old behaviour
+    assert len(_chat_then_small_batch(0).schedule(0.1)) == 5  # no cap: the old behaviour
