@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.serving import free_port
 
@@ -211,14 +212,14 @@ async def _session(client: httpx.AsyncClient, i: int, maps: int, max_tokens: int
     return res
 
 
-async def _engine_inflight(client: httpx.AsyncClient, url: str) -> int:
-    """Requests a replica has on its engines now (its /metrics), 0 if unreadable."""
+async def _metric(client: httpx.AsyncClient, url: str, sample: str) -> float:
+    """A replica's ``sample`` from its /metrics, summed over labels; 0 if unreadable."""
     try:
-        text = (await client.get(url + "/metrics", timeout=2)).text
+        text = (await client.get(url + "/metrics")).text
     except httpx.HTTPError:
-        return 0
-    return int(sum(float(line.split()[-1]) for line in text.splitlines()
-                   if line.startswith("parrot_engine_inflight_requests{")))
+        return 0.0
+    return sum(s.value for family in text_string_to_metric_families(text)
+               for s in family.samples if s.name == sample)
 
 
 async def _until_busy(url: str, wait_s: float) -> int:
@@ -227,9 +228,9 @@ async def _until_busy(url: str, wait_s: float) -> int:
     were still being registered at a fixed kill time, and the victim died holding nothing
     to adopt. Returns what it had in flight."""
     deadline = time.monotonic() + wait_s
-    async with httpx.AsyncClient() as c:
+    async with httpx.AsyncClient(timeout=2) as c:
         while True:
-            n = await _engine_inflight(c, url)
+            n = int(await _metric(c, url, "parrot_engine_inflight_requests"))
             if n > 0 or time.monotonic() > deadline:
                 return n
             await asyncio.sleep(0.01)
@@ -237,17 +238,11 @@ async def _until_busy(url: str, wait_s: float) -> int:
 
 async def _watch_adoption(url: str, since: float, stop: asyncio.Event) -> tuple[float | None, int]:
     """Poll a replica's metrics until it reports adopted requests; (seconds, count)."""
-    async with httpx.AsyncClient(base_url=url, timeout=5) as c:
+    async with httpx.AsyncClient(timeout=5) as c:
         while not stop.is_set():
-            try:
-                text = (await c.get("/metrics")).text
-            except httpx.HTTPError:
-                text = ""
-            for line in text.splitlines():
-                if line.startswith("parrot_adopted_requests_total "):
-                    n = int(float(line.split()[1]))
-                    if n > 0:
-                        return time.monotonic() - since, n
+            n = int(await _metric(c, url, "parrot_adopted_requests_total"))
+            if n > 0:
+                return time.monotonic() - since, n
             await asyncio.sleep(0.05)
     return None, 0
 
